@@ -1,0 +1,32 @@
+# Two commands do all the set-up: `make demo` and `make test` (each creates .venv if missing).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint bench clean install
+
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# PyTorch first (a local CPU build here); then the project, so pip never pulls a CUDA build.
+	$(PY) -m pip install -q "torch==$${TORCH_VERSION:-2.13.0}"
+	$(PY) -m pip install -q -e ".[dev,bench]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/diffusio demo --out runs/demo
+
+test: $(STAMP)
+	$(PY) -m pytest -n 2 --dist loadgroup
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests bench
+
+bench: $(STAMP)
+	$(VENV)/bin/diffusio bench overhead
+
+clean:
+	rm -rf runs .pytest_cache .ruff_cache
