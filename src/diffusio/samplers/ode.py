@@ -1,0 +1,125 @@
+"""Deterministic baseline samplers of the probability-flow ODE dx/dt = u(x, t) (principles.md, "Solvers")."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from ..model import ModelBase
+from ..parametrization import from_x0
+from .base import Callback, Step, coeffs, model_x0, time_batch
+
+__all__ = ["sample_ddim", "sample_euler", "sample_heun"]
+
+
+def _velocity(model: ModelBase, x: Tensor, t: Tensor, cond: dict | None) -> tuple[Tensor, Tensor]:
+    """PF-ODE drift u = alpha' x0 + sigma' eps from one x0 call; returns (u, x0)."""
+    x0 = model_x0(model, x, t, cond)
+    return from_x0("velocity", x0, x, time_batch(t, x), model.path).to(x.dtype), x0
+
+
+def sample_euler(
+    model: ModelBase, x: Tensor, ts: Tensor, *, cond: dict | None = None, callback: Callback | None = None
+) -> Tensor:
+    """Euler's method on the probability-flow ODE in the path's native time (1 call per step, order 1)."""
+    for i in range(len(ts) - 1):
+        u, x0 = _velocity(model, x, ts[i], cond)
+        x = x + float(ts[i + 1] - ts[i]) * u
+        if callback is not None:
+            callback(Step(i, float(ts[i + 1]), x, x0))
+    return x
+
+
+def sample_heun(
+    model: ModelBase,
+    x: Tensor,
+    ts: Tensor,
+    *,
+    cond: dict | None = None,
+    callback: Callback | None = None,
+    generator: torch.Generator | None = None,
+    churn: float = 0.0,
+    churn_tmin: float = 0.0,
+    churn_tmax: float = math.inf,
+    churn_noise: float = 1.0,
+) -> Tensor:
+    """Heun's 2nd-order method (Karras et al. 2022, Alg. 2) in native time, with optional stochastic churn.
+
+    ``churn`` is EDM's S_churn: at steps whose noise level s = sigma/alpha lies in [churn_tmin, churn_tmax] the
+    level is raised to s (1 + gamma), gamma = min(churn / steps, sqrt(2) - 1), by adding fresh noise; the
+    ``churn_*`` bounds are noise levels, as in EDM. 2 calls per step.
+    """
+    if churn < 0 or churn_noise < 0:
+        raise ValueError("churn and churn_noise must be >= 0")
+    path, steps = model.path, len(ts) - 1
+    gamma_max = min(churn / steps, math.sqrt(2) - 1)
+    for i in range(steps):
+        t, t_next = ts[i], ts[i + 1]
+        if gamma_max > 0:
+            x, t = _churn(path, x, t, gamma_max, churn_tmin, churn_tmax, churn_noise, generator)
+        h = float(t_next - t)
+        d, x0 = _velocity(model, x, t, cond)
+        x_e = x + h * d
+        d2, _ = _velocity(model, x_e, t_next, cond)
+        x = x + h * 0.5 * (d + d2)
+        if callback is not None:
+            callback(Step(i, float(t_next), x, x0))
+    return x
+
+
+def _churn(path, x, t, gamma, s_lo, s_hi, s_noise, generator):
+    """EDM's noise injection: raise the noise level s = sigma/alpha to s (1 + gamma) by adding noise."""
+    c = coeffs(path, t)
+    s = c.sigma / c.alpha
+    if not (s_lo <= float(s) <= s_hi):
+        return x, t
+    s_hat = s * (1 + gamma)
+    t_hat = path.t_of_noise_level(s_hat).clamp(max=path.t_hi)
+    c_hat = coeffs(path, t_hat)
+    s_hat = c_hat.sigma / c_hat.alpha  # exact level actually reached after clamping
+    z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    scale = float(c_hat.alpha / c.alpha)
+    return scale * x + float(c_hat.alpha * torch.sqrt((s_hat**2 - s**2).clamp(min=0))) * s_noise * z, t_hat
+
+
+def sample_ddim(
+    model: ModelBase,
+    x: Tensor,
+    ts: Tensor,
+    *,
+    cond: dict | None = None,
+    callback: Callback | None = None,
+    generator: torch.Generator | None = None,
+    eta: float = 0.0,
+) -> Tensor:
+    """DDIM (Song, Meng & Ermon 2021, Eq. 12): x_s = alpha_s x0 + sqrt(sigma_s^2 - (eta c)^2) eps + eta c z.
+
+    ``eta = 0`` is the deterministic first-order exponential integrator, written as
+    x_s = (sigma_s/sigma_t) x_t - alpha_s expm1(lambda_t - lambda_s) x0; ``eta = 1`` is DDPM's ancestral step.
+    """
+    if eta < 0:
+        raise ValueError(f"eta must be >= 0, got {eta}")
+    path = model.path
+    for i in range(len(ts) - 1):
+        ct, cs = coeffs(path, ts[i]), coeffs(path, ts[i + 1])
+        x0 = model_x0(model, x, ts[i], cond)
+        if eta == 0:
+            x = float(cs.sigma / ct.sigma) * x - float(cs.alpha * torch.expm1(ct.lam - cs.lam)) * x0
+        else:
+            c = eta * _posterior_std(ct, cs)
+            eps = (x - float(ct.alpha) * x0) / float(ct.sigma)
+            z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            x = float(cs.alpha) * x0 + float(torch.sqrt((cs.sigma**2 - c**2).clamp(min=0))) * eps + float(c) * z
+        if callback is not None:
+            callback(Step(i, float(ts[i + 1]), x, x0))
+    return x
+
+
+def _posterior_std(ct, cs) -> Tensor:
+    """Std c of q(x_s | x_t, x0): c^2 = (sigma_t^2 - a^2 sigma_s^2) sigma_s^2 / sigma_t^2, a = alpha_t/alpha_s.
+
+    Written as sigma_s^2 (-expm1(2 (lambda_t - lambda_s))) to avoid cancellation for small steps.
+    """
+    return cs.sigma * torch.sqrt(-torch.expm1(2 * (ct.lam - cs.lam)))
