@@ -1,0 +1,146 @@
+"""``diffusio demo``: train a 2-D model and a digits model on bundled data, sample each with every baseline
+sampler at several step counts, and write pictures, a quality-versus-calls plot, metrics JSON and a report."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from .config import load_model, run_training
+from .evaluation import evaluate, generate, reference_data
+from .io import save_json
+from .plotting import plot_curves, save_image_grid, save_scatter
+from .resources import packaged_config
+
+__all__ = ["run_demo"]
+
+BASELINES = ("euler", "heun", "ddim", "ddpm", "euler_maruyama")
+STEPS = (5, 10, 20, 50)
+
+
+def _train(name: str, out: Path, steps: int | None) -> tuple[torch.nn.Module, dict, float]:
+    cfg = packaged_config(name)
+    t0 = time.perf_counter()
+    run_training(cfg, out, steps=steps)
+    model, cfg = load_model(out / "model.safetensors")
+    return model, cfg, time.perf_counter() - t0
+
+
+def _sweep(model, cfg, n: int, metric: str, steps_list, log) -> list[dict]:
+    rows = []
+    labels = torch.arange(n) % cfg["num_classes"] if cfg.get("num_classes") else None
+    for solver in BASELINES:
+        for steps in steps_list:
+            t0 = time.perf_counter()
+            x, nfe = generate(model, tuple(cfg["data_shape"]), n, solver=solver, steps=steps, seed=1, labels=labels)
+            secs = time.perf_counter() - t0
+            m = evaluate(x, cfg["data"], n_ref=n)
+            rows.append({"solver": solver, "steps": steps, "nfe": nfe, "seconds": secs, **m})
+            log(f"  {solver:<15} steps={steps:<3} nfe={nfe:<4} {metric}={m[metric]:.4f}  ({secs:.1f}s)")
+    return rows
+
+
+def _curves(rows: list[dict], metric: str) -> dict:
+    curves: dict = {}
+    for r in rows:
+        xs, ys = curves.setdefault(r["solver"], ([], []))
+        xs.append(r["nfe"])
+        ys.append(r[metric])
+    return curves
+
+
+def _floor(cfg: dict, n: int, metric: str) -> float:
+    """The metric between two independent draws of real data of the same size: the best a model can score."""
+    a = reference_data(cfg["data"], n, seed=777, split="train" if cfg["data"]["name"] == "digits" else "test")
+    return evaluate(a, cfg["data"], n_ref=n)[metric]
+
+
+def run_demo(out: Path, fast: bool = False, log=print) -> dict:
+    """Run the whole demo into ``out``; ``fast`` trains and samples far less (a smoke test, not a result)."""
+    out.mkdir(parents=True, exist_ok=True)
+    steps_list = (5, 10) if fast else STEPS
+    n2d, ndig = (500, 200) if fast else (4000, 1000)
+    results: dict = {"fast": fast, "models": {}}
+    t_start = time.perf_counter()
+
+    for key, cfg_name, metric, n in (("2d", "moons", "sliced_w2", n2d), ("digits", "digits", "frechet_distance", ndig)):
+        log(f"[{key}] training {cfg_name} ...")
+        model, cfg, train_s = _train(cfg_name, out / key, 200 if fast else None)
+        log(f"[{key}] trained in {train_s:.0f}s; sampling with {', '.join(BASELINES)} at steps {steps_list}")
+        rows = _sweep(model, cfg, n, metric, steps_list, log)
+        floor = _floor(cfg, n, metric)
+        plot_curves(
+            _curves(rows, metric),
+            out / f"quality_vs_nfe_{key}.png",
+            ylabel=metric.replace("_", " "),
+            title=f"{cfg_name}: sample quality vs model calls (lower is better)",
+            hline=(floor, "data vs data"),
+        )
+        _pictures(model, cfg, key, out, log)
+        results["models"][key] = {
+            "config": cfg_name,
+            "train_seconds": train_s,
+            "metric": metric,
+            "data_floor": floor,
+            "train_steps": cfg["train"]["steps"],
+            "rows": rows,
+        }
+    results["total_seconds"] = time.perf_counter() - t_start
+    save_json(results, out / "metrics.json")
+    (out / "report.md").write_text(_report(results))
+    log(f"wrote {out / 'report.md'}, {out / 'metrics.json'} and pictures in {out} ({results['total_seconds']:.0f}s)")
+    return results
+
+
+def _pictures(model, cfg, key: str, out: Path, log) -> None:
+    """One picture per baseline sampler at 20 steps (2-D scatter or a 10x10 digit grid, one class per column)."""
+    shape = tuple(cfg["data_shape"])
+    for solver in BASELINES:
+        if key == "2d":
+            x, _ = generate(model, shape, 4000, solver=solver, steps=20, seed=2)
+            save_scatter(x, out / f"samples_2d_{solver}.png", reference_data(cfg["data"], 4000), title=solver)
+        else:
+            labels = torch.arange(100) % 10 if cfg.get("num_classes") else None
+            x, _ = generate(model, shape, 100, solver=solver, steps=20, seed=2, labels=labels)
+            save_image_grid(x, out / f"samples_digits_{solver}.png", nrow=10)
+    if key == "digits":
+        save_image_grid(reference_data(cfg["data"], 100), out / "data_digits.png", nrow=10)
+    log(f"[{key}] pictures written")
+
+
+def _report(res: dict) -> str:
+    lines = ["# diffusio demo report", ""]
+    if res["fast"]:
+        lines += ["**Fast mode**: tiny training and sample sizes — a smoke test, not a result.", ""]
+    lines += [f"Total time: {res['total_seconds']:.0f} s on {torch.get_num_threads()} CPU threads.", ""]
+    for key, m in res["models"].items():
+        lines += [
+            f"## {m['config']} ({key})",
+            "",
+            f"Trained {m['train_steps']} steps in {m['train_seconds']:.0f} s. Metric: **{m['metric']}** "
+            f"(lower is better); two independent draws of real data of the same size score {m['data_floor']:.4f}.",
+            "",
+            "| solver | steps | NFE | "
+            + m["metric"]
+            + " | sliced W2 | seconds |"
+            + (" classifier confidence |" if key == "digits" else ""),
+            "|---|---|---|---|---|---|" + ("---|" if key == "digits" else ""),
+        ]
+        for r in m["rows"]:
+            extra = f" {r['classifier_confidence']:.3f} |" if key == "digits" else ""
+            lines.append(
+                f"| {r['solver']} | {r['steps']} | {r['nfe']} | {r[m['metric']]:.4f} | {r['sliced_w2']:.4f} | "
+                f"{r['seconds']:.1f} |{extra}"
+            )
+        best = min(m["rows"], key=lambda r: r[m["metric"]])
+        lines += [
+            "",
+            f"Best: {best['solver']} with {best['nfe']} model calls ({m['metric']} = {best[m['metric']]:.4f}).",
+            "",
+            f"![quality vs calls](quality_vs_nfe_{key}.png)",
+            "",
+        ]
+        lines += [f"![{s}](samples_{key}_{s}.png)" for s in BASELINES] + [""]
+    return "\n".join(lines)

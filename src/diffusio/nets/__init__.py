@@ -1,0 +1,7 @@
+"""Networks: a residual MLP for vectors and a small U-Net for images, both taking a float time ``t`` ``(B,)``."""
+
+from .layers import FourierTimeEmbedding
+from .mlp import MLP
+from .unet import UNet
+
+__all__ = ["MLP", "FourierTimeEmbedding", "UNet"]

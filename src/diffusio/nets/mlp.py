@@ -1,0 +1,59 @@
+"""A residual MLP for vector data (2-D toys, flattened features) with FiLM time/class conditioning."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from .layers import ConditionEmbedding, check_batch, zero_module
+
+__all__ = ["MLP"]
+
+
+class _ResidualBlock(nn.Module):
+    """LayerNorm -> FiLM(cond) -> SiLU -> Linear -> SiLU -> Linear, added to the input ``(B, hidden)``."""
+
+    def __init__(self, hidden: int, cond_dim: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(hidden, elementwise_affine=False)
+        self.film = nn.Linear(cond_dim, 2 * hidden)
+        self.net = nn.Sequential(nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+
+    def forward(self, h: Tensor, cond: Tensor) -> Tensor:
+        scale, shift = self.film(cond).chunk(2, dim=1)
+        return h + self.net(self.norm(h) * (1 + scale) + shift)
+
+
+class MLP(nn.Module):
+    """``MLP(dim, ...)(x (B, dim), t (B,), y (B,) | None) -> (B, out_dim or dim)``; zero output at init.
+
+    With ``num_classes`` set, label ``num_classes`` (or ``y=None``) is the null class for classifier-free
+    guidance.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        hidden: int = 256,
+        depth: int = 4,
+        time_dim: int = 64,
+        num_classes: int | None = None,
+        out_dim: int | None = None,
+    ):
+        super().__init__()
+        if dim < 1 or hidden < 1 or depth < 0:
+            raise ValueError(f"need dim >= 1, hidden >= 1, depth >= 0; got dim={dim}, hidden={hidden}, depth={depth}")
+        self.dim, self.out_dim, self.num_classes = dim, out_dim or dim, num_classes
+        self.cond = ConditionEmbedding(time_dim, num_classes)
+        self.cond_act = nn.SiLU()
+        self.inp = nn.Linear(dim, hidden)
+        self.blocks = nn.ModuleList(_ResidualBlock(hidden, time_dim) for _ in range(depth))
+        self.out = nn.Sequential(nn.LayerNorm(hidden), nn.SiLU(), zero_module(nn.Linear(hidden, self.out_dim)))
+
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        """Output ``(B, out_dim)`` for inputs ``x`` ``(B, dim)``, times ``t`` ``(B,)``, labels ``y`` ``(B,)``."""
+        check_batch(x, t, (self.dim,))
+        cond = self.cond_act(self.cond(t, y)).to(x.dtype)
+        h = self.inp(x)
+        for block in self.blocks:
+            h = block(h, cond)
+        return self.out(h)
