@@ -28,6 +28,7 @@ from .dpm import (
     sample_dpmpp_3m_sde,
     sample_ipndm,
 )
+from .dpm_v3 import sample_dpm_v3
 from .ode import sample_ddim, sample_euler, sample_heun
 from .sde import sample_ddpm, sample_euler_maruyama
 from .unipc import sample_unipc
@@ -47,6 +48,7 @@ __all__ = [
     "sample_ddpm",
     "sample_dpm_solver",
     "sample_dpm_solver_fast",
+    "sample_dpm_v3",
     "sample_dpmpp_2m",
     "sample_dpmpp_2m_sde",
     "sample_dpmpp_2s",
@@ -166,6 +168,14 @@ for _s in (
         1,
         min_steps=3,
         summary="UniPC-3 (UniP-3 + UniC): order 4, 1 call/step",
+    ),
+    Solver(
+        "dpm_v3",
+        sample_dpm_v3,
+        3,
+        1,
+        min_steps=3,
+        summary="DPM-Solver-v3 with empirical model statistics (needs statistics: samplers.dpm_v3.statistics_for)",
     ),
     Solver("ipndm", sample_ipndm, 4, 1, min_steps=4, summary="iPNDM: variable-step Adams-Bashforth-4 in sigma/alpha"),
 ):

@@ -99,8 +99,10 @@ def eps_call(model: ModelBase, x: Tensor, p: Point, cond: dict | None) -> Tensor
 
 
 def data_step(x: Tensor, s: Point, t: Point, ds: list[Tensor], eta: float = 0.0) -> Tensor:
-    """Data-form update s -> t with scaled derivatives ``ds`` (d_k ~ h^k x0^(k)); ``eta`` > 0 is the SDE variant's
-    deterministic part (DPM-Solver++ SDE, Lu et al. 2022b, Sec. 5: the linear part e^{-(1+eta) h} integrated exactly)."""
+    """Data-form update s -> t with scaled derivatives ``ds`` (d_k ~ h^k x0^(k)).
+
+    ``eta`` > 0 gives the SDE variant's deterministic part (DPM-Solver++ SDE, Lu et al. 2022b, Sec. 5: the linear
+    part e^{-(1+eta) h} integrated exactly)."""
     h = t.lam - s.lam
     h_eta = (1 + eta) * h
     out = (t.sigma / s.sigma * math.exp(-eta * h)) * x
@@ -157,7 +159,7 @@ def sample_dpm_solver(
     callback: Callback | None = None,
     order: int = 3,
 ) -> Tensor:
-    """Singlestep DPM-Solver-k in noise form (Lu et al. 2022a, Eq. 3.7, Alg. 1-2): ``order`` calls per interval of ``ts``.
+    """Singlestep DPM-Solver-k, noise form (Lu et al. 2022a, Eq. 3.7, Alg. 1-2): ``order`` calls per interval of ``ts``.
 
     Order 1 is DDIM; 2 and 3 place intermediate stages at lambda_s + r h (r = 1/2; r = 1/3, 2/3).
     """
@@ -342,8 +344,9 @@ def sample_dpmpp_2m_sde(
     variant: str = "midpoint",
     lower_order_final: bool = True,
 ) -> Tensor:
-    """SDE-DPM-Solver++(2M) (Lu et al. 2022b, Sec. 5): x_t = (sigma_t/sigma_s) e^{-eta h} x_s + alpha_t (1 - e^{-(1+eta)h})
-    D + sigma_t sqrt(1 - e^{-2 eta h}) z. ``eta = 1`` is the reverse SDE, ``eta = 0`` the 2M ODE solver."""
+    """SDE-DPM-Solver++(2M) (Lu et al. 2022b, Sec. 5):
+    x_t = (sigma_t/sigma_s) e^{-eta h} x_s + alpha_t (1 - e^{-(1+eta)h}) D + sigma_t sqrt(1 - e^{-2 eta h}) z.
+    ``eta = 1`` is the reverse SDE, ``eta = 0`` the 2M ODE solver."""
     return _dpmpp_multistep(model, x, ts, cond, callback, generator, 2, variant, lower_order_final, eta)
 
 
@@ -402,7 +405,8 @@ def sample_ipndm(
 ) -> Tensor:
     """iPNDM (Zhang & Chen 2023, DEIS paper, Sec. 4 / App. on iPNDM): Adams-Bashforth on d(x/alpha)/ds = eps in the
     noise level s = sigma/alpha, with lower-order warm-up. Variable-step weights (exact for the local polynomial),
-    so any grid keeps the order; on a uniform-in-s grid they are the classic 1, (3,-1)/2, (23,-16,5)/12, ... 1 call/step.
+    so any grid keeps the order; on a uniform-in-s grid they are the classic 1, (3,-1)/2, (23,-16,5)/12, ...
+    1 call per step.
     """
     _check_order(order, (1, 2, 3, 4), "ipndm")
     check_steps(ts, order, "ipndm", "pass more steps or a lower order")
