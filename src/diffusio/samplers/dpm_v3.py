@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from ..io import load_safetensors, save_safetensors
-from ..model import ModelBase
+from ..model import ModelBase, ModelWrapper
 from ..paths import Path
 from ..timesteps import check_grid
 from .base import Callback, Step, time_batch
@@ -262,7 +262,11 @@ def cache_dir() -> FsPath:
 
 def model_fingerprint(model: ModelBase) -> str:
     """A SHA-256 of the model's class, path and tensors (parameters, buffers, and tensors held by plain attributes
-    such as an exact mixture's means), so statistics are never reused for another model."""
+    such as an exact mixture's means), so statistics are never reused for another model. Wrappers (guidance,
+    call counters) are looked through: statistics belong to the base model and are reused under guidance
+    (dpm-solver-v3.md, "Defaults")."""
+    while isinstance(model, ModelWrapper):
+        model = model.inner
     h = hashlib.sha256()
     h.update(type(model).__name__.encode())
     h.update(repr(model.path).encode())
@@ -385,6 +389,11 @@ class _V3:
         return out
 
 
+def keep_n(eps: Tensor, x: Tensor, x_c: Tensor, l: Tensor, sigma: float) -> Tensor:
+    """The eps that keeps N = sigma eps - l x unchanged when x moves to the corrected x_c (no new model call)."""
+    return eps + l * (x_c - x) / sigma
+
+
 def _derivatives(deltas: list[float], gs: list[Tensor], pseudo: bool) -> list[Tensor]:
     """g^(1..n) at deltas[0] = 0 from values at lambda offsets ``deltas``: the full Vandermonde solve, or the
     pseudo-order Neville divided differences (each derivative from its k + 1 nearest points) (Sec. 3.3)."""
@@ -450,7 +459,7 @@ def sample_dpm_v3(
             nodes = [cache[1], cache[0]] + cache[2:c]
             x_c = v3.update(nodes, j, c_pseudo)
             l_j = v3.l[j].to(x.dtype)
-            e = e + l_j * (x_c - x) / float(v3.sigma[j])  # keep N = sigma eps - l x (no new call)
+            e = keep_n(e, x, x_c, l_j, float(v3.sigma[j]))
             x = x_c
             cache[0] = (j, x, e)
         p = final_order(order, m, steps, lower_order_final)
