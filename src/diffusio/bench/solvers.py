@@ -54,7 +54,7 @@ def gmm64() -> GaussianMixture:
     return GaussianMixture(means, stds, weights=torch.rand(10, generator=gen, dtype=torch.float64) + 0.5)
 
 
-# --- runners: each returns (samples at t_min, model calls) -------------------------------------------------------------
+# --- runners: each returns (samples at t_min, model calls) ---
 
 
 def _diffusio_runs(model, data, stats) -> dict[str, Callable[[Tensor, int], tuple[Tensor, int] | None]]:
@@ -143,7 +143,7 @@ def _k_diffusion_runs(model, kd) -> dict[str, Callable]:
     return runs
 
 
-# --- the benchmark -----------------------------------------------------------------------------------------------------
+# --- the benchmark -----
 
 
 def bench_model(name, model, data, x, nfes, progress=print) -> dict:
