@@ -153,7 +153,7 @@ def bench_model(name, model, data, x, nfes, progress=print) -> dict:
     ref = reference(model, x.double())
     progress(f"[{name}] reference solved in {time.time() - t0:.1f}s")
     t0 = time.time()
-    stats = estimate_statistics(model, data[:1024].double(), n_grid=120, progress=False)
+    stats = estimate_statistics(model, data[:512].double(), n_grid=120, exact_below=8, probes=2, progress=False)
     progress(f"[{name}] DPM-Solver-v3 statistics estimated in {time.time() - t0:.1f}s")
     runs = {"diffusio:" + k: v for k, v in _diffusio_runs(model, data, stats).items()}
     diffusers, kd = load_diffusers(), load_k_diffusion_sampling()
