@@ -121,6 +121,13 @@ class Model(ModelBase):
         """Wrap a k-diffusion/EDM denoiser ``D(x, sigma) -> x0`` (VE scale) as a Model on ``path`` (default EDM)."""
         return KDiffusionModel(denoiser, path or EDM())
 
+    @classmethod
+    def from_diffusers(cls, unet, scheduler) -> Model:
+        """Wrap a diffusers ``UNet2DModel`` and its scheduler (or config) on a ``DiscreteDDPM`` path (see interop)."""
+        from .interop import from_diffusers
+
+        return from_diffusers(unet, scheduler)
+
     def extra_repr(self) -> str:
         return f"path={self.path!r}, prediction={self.prediction!r}, precond={self.precond!r}"
 
