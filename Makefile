@@ -8,7 +8,6 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
 	# PyTorch first (a local CPU build here); then the project, so pip never pulls a CUDA build.
 	$(PY) -m pip install -q "torch==$${TORCH_VERSION:-2.13.0}"
 	$(PY) -m pip install -q -e ".[dev,bench]"
