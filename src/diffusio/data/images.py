@@ -42,9 +42,7 @@ def _load_one(path: Path, size: int, pil_mode: str) -> np.ndarray:
     return arr[..., None] if arr.ndim == 2 else arr
 
 
-def load_image_folder(
-    root: str | os.PathLike, size: int, channels: int = 3, max_images: int | None = None
-) -> Tensor:
+def load_image_folder(root: str | os.PathLike, size: int, channels: int = 3, max_images: int | None = None) -> Tensor:
     """Every image under ``root`` as ``(N, channels, size, size)`` float32 in [-1, 1], in sorted path order."""
     _check_size(size)
     if channels not in _PIL_MODES:
@@ -61,7 +59,7 @@ def load_image_folder(
     return torch.from_numpy(arr).permute(0, 3, 1, 2).float().div(127.5).sub(1.0).contiguous()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _gray_source(name: str) -> Tensor:
     """scikit-image's bundled photograph ``name`` as a grayscale ``(H, W)`` float32 tensor in [-1, 1]."""
     import skimage.color
