@@ -15,6 +15,7 @@ __all__ = ["main"]
 BENCHES = {
     "overhead": "diffusio.bench.overhead",
     "solvers": "diffusio.bench.solvers",
+    "sde-order": "diffusio.bench.sde_order",
 }
 
 
