@@ -365,7 +365,7 @@ class MRI(LinearOperator):
         return torch.fft.ifft2(k, norm="ortho").real.to(y.dtype)
 
     def pinv(self, y: Tensor) -> Tensor:
-        """Zero-filled inverse FFT (the usual MRI baseline); the least-squares solution for conjugate-symmetric masks."""
+        """Zero-filled inverse FFT (the usual MRI baseline; least squares for conjugate-symmetric masks)."""
         self.check_y(y)
         return self._adjoint(y)
 

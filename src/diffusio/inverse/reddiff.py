@@ -2,7 +2,8 @@
 red-diff.md).
 
 q(x0 | y) = N(mu, sigma^2 I) with sigma -> 0: minimise over the image mu
-    obs_weight * mean((y - A mu)^2) / 2 + lambda_t * mean(sg[eps_hat(x_t, t) - eps] * mu),  x_t = alpha_t mu + sigma_t eps
+    obs_weight * mean((y - A mu)^2) / 2 + lambda_t * mean(sg[eps_hat(x_t, t) - eps] * mu),
+x_t = alpha_t mu + sigma_t eps,
 with one fresh (t, eps) per Adam step, t descending (coarse to fine), and no backpropagation through the network:
 the gradient of the second term w.r.t. mu is lambda_t (eps_hat - eps) / numel (paper Eq. 11; official
 ``algos/reddiff.py``). Means over elements, as in the official code, so ``reg_weight`` = 0.25 means the same there.
