@@ -63,7 +63,7 @@ def test_gmm_posterior_matches_importance_sampling():
     assert torch.allclose(post.mean(), mu, atol=0.01) and torch.allclose(post.covariance(), cov, atol=0.02)
 
 
-# --- SMC (AFDPS) -------------------------------------------------------------------------------------------------------
+# --- SMC (AFDPS) -----------------------------------------------------------------------------------------------------
 def test_smc_converges_to_gmm_posterior():
     """Weighted-particle mean and covariance approach the exact posterior as particles grow; without the weight
     update (negative control) the drift alone misses it."""
@@ -106,7 +106,7 @@ def test_stage_one_is_exact():
     assert torch.allclose(torch.cov(x.T), cov, atol=0.02)
 
 
-# --- PiGDM, DPS -------------------------------------------------------------------------------------------------------
+# --- PiGDM, DPS ------------------------------------------------------------------------------------------------------
 def _normal_problem():
     g = GaussianMixture(torch.zeros(1, 4), 1.0)
     H = torch.randn(2, 4, generator=_gen(3), dtype=F64)
@@ -138,7 +138,7 @@ def test_pigdm_wrapper_works_with_any_sampler():
 
 def test_dps_reduces_the_residual():
     """DPS is not an exact posterior sampler; its outputs must fit y far better than prior samples."""
-    model, op, y, mean, _ = _normal_problem()
+    model, op, y, _, _ = _normal_problem()
     n = 500
     r = solve(model, op, y.expand(n, 2), "dps", steps=200, scale=0.5, generator=_gen())
     prior = sample(model, shape=(n, 4), solver="ddpm", steps=200, grid="uniform", generator=_gen()).x
@@ -160,7 +160,7 @@ def test_dps_wrapper_is_score_shift_of_residual_norm_gradient():
     assert torch.allclose(wrapped.predict(x, t, "score"), score, atol=1e-10)
 
 
-# --- RED-Diff ----------------------------------------------------------------------------------------------------------
+# --- RED-Diff --------------------------------------------------------------------------------------------------------
 def test_reddiff_zero_regulariser_stays_at_pseudo_inverse():
     """lambda = 0 on noiseless inpainting: the data-fit gradient vanishes at A^+ y, so mu does not move."""
     model = _mixture().as_model(LinearVP())
@@ -183,7 +183,7 @@ def test_reddiff_gmm_inpainting_lands_on_a_posterior_mode():
     assert at_mode.float().mean() >= 0.8, r.x[:, 1]  # the start A^+ y = (0.2, 0) is the gap's saddle
 
 
-# --- DiffusionMBIR -------------------------------------------------------------------------------------------------
+# --- DiffusionMBIR ---------------------------------------------------------------------------------------------------
 def test_admm_tv_satisfies_kkt():
     """ADMM-TV alone converges to a minimiser of 1/2 ||A x - y||^2 + lam ||D_z x||_1 (KKT certificate from u).
 
@@ -226,7 +226,7 @@ def test_mbir_beats_slice_wise_reconstruction_with_exact_prior():
     assert mbir.nfe == 2 * 60 - 1
 
 
-# --- the front door -----------------------------------------------------------------------------------------------
+# --- the front door --------------------------------------------------------------------------------------------------
 def test_solve_rejects_bad_input():
     model = _mixture().as_model(LinearVP())
     op = MatrixOperator(torch.tensor([[1.0, 0.5]], dtype=F64), noise_std=0.1)

@@ -121,7 +121,7 @@ def test_phantoms_shapes_and_range():
     assert torch.equal(random_phantoms(2, 16, generator=_gen(5)), random_phantoms(2, 16, generator=_gen(5)))
 
 
-# --- agreement with deepinv (optional peer) -------------------------------------------------------------------------
+# --- agreement with deepinv (optional peer) --------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def dinv():
     from diffusio.bench.peers import import_deepinv
@@ -168,7 +168,7 @@ def test_radon_matches_deepinv(dinv):
     assert float((ref.A(x).double().transpose(-1, -2) - ours).norm() / ours.norm()) < 1e-5
 
 
-# --- bad input --------------------------------------------------------------------------------------------------------
+# --- bad input -------------------------------------------------------------------------------------------------------
 def test_measurement_shape_mismatch():
     op = SuperResolution(2, (1, 8, 8))
     with pytest.raises(ValueError, match=r"measurement y must have shape \(batch, 1, 4, 4\)"):
