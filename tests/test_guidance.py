@@ -1,5 +1,6 @@
 """Guidance wrappers against exact Gaussian-mixture answers, plus the trained pieces (classifier, reward model)."""
 
+import itertools
 import math
 
 import pytest
@@ -106,8 +107,8 @@ def test_cfg_strength_raises_confidence_and_lowers_spread():
         spread.append(float(x.std()))
         if w == 1.0:
             assert abs(float(x.mean())) < 0.05 and abs(spread[-1] - 0.7) < 0.04
-    assert all(a < b for a, b in zip(conf, conf[1:])), conf
-    assert all(a > b for a, b in zip(spread, spread[1:])), spread
+    assert all(a < b for a, b in itertools.pairwise(conf)), conf
+    assert all(a > b for a, b in itertools.pairwise(spread)), spread
 
 
 # --- classifier guidance -------------------------------------------------------------------------------------------
@@ -169,7 +170,7 @@ def test_reward_guidance_raises_the_reward_monotonically():
         guided = RewardGuidance(model, reward, eta)
         x = sample(guided, shape=(2000, 2), solver="heun", steps=30, generator=_gen()).x.double()
         means.append(float(reward(x).mean()))
-    assert all(a < b for a, b in zip(means, means[1:])), means
+    assert all(a < b for a, b in itertools.pairwise(means)), means
 
 
 def test_reward_gradient_matches_finite_differences():
