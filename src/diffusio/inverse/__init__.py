@@ -73,8 +73,11 @@ __all__ = [
 ]
 
 
-def solve_pinv(model: ModelBase, operator: LinearOperator, y: Tensor) -> tuple[Tensor, dict]:
-    """The prior-free baseline A^+ y (zero-fill for masks and MRI, CG least squares otherwise); no model calls."""
+def solve_pinv(
+    model: ModelBase, operator: LinearOperator, y: Tensor, *, generator: torch.Generator | None = None
+) -> tuple[Tensor, dict]:
+    """The prior-free baseline A^+ y (zero-fill for masks and MRI, CG least squares otherwise); no model calls and
+    no randomness (``generator`` is accepted for a uniform call signature)."""
     return operator.pinv(y), {}
 
 
