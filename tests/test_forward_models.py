@@ -51,7 +51,7 @@ def test_context_generator_respects_the_context_by_construction():
     _, pc, pt, _, data = _problem(n=64)
     gen = ContextProjectionGen(pc, pt, hidden=16, depth=1)
     torch.nn.init.normal_(gen.h.out[-1].weight)
-    x0, cond = data.sample(8, torch.Generator().manual_seed(2))
+    _, cond = data.sample(8, torch.Generator().manual_seed(2))
     s_hat = gen(torch.randn(8, 4), torch.rand(8), cond["obs_c"], cond["phi_c"], cond["phi_t"])
     back = LinearPoses(pc)(s_hat.double(), cond["phi_c"])
     assert torch.allclose(back.float(), cond["obs_c"], atol=1e-4)

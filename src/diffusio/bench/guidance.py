@@ -95,7 +95,8 @@ def reward_conditioned(seed: int, train_steps: int, n: int) -> list[dict]:
     for a in (0.0, 1.0, 2.0, 3.0):
         xs = sample_at_reward(model, a, n, steps=50, generator=torch.Generator().manual_seed(seed))
         off = (xs - xs @ basis @ basis.T).norm(dim=1)
-        rows.append({"target": a, "true_reward": float((xs @ theta).mean()), "off_subspace_rms": float(off.pow(2).mean().sqrt()),
+        rows.append({"target": a, "true_reward": float((xs @ theta).mean()),
+                     "off_subspace_rms": float(off.pow(2).mean().sqrt()),
                      "extrapolation": bool(a > float(labels.max()))})  # fmt: skip
         print(f"reward-conditioned a={a}: true reward {rows[-1]['true_reward']:.3f}, off-subspace "
               f"{rows[-1]['off_subspace_rms']:.3f}")  # fmt: skip
@@ -154,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     cg_rows = classifier_guidance(model, [0.0, 1.0, 2.0, 4.0], 10, args.steps, args.seed, clf, args.classifier_steps)
     rc_rows, q99 = reward_conditioned(args.seed, args.reward_steps, 2000)
     md2 = ["# Guidance", "", "## Classifier guidance (noise-conditional MLP classifier trained by diffusio, "
-           "null-class model)", "", "| w | accuracy | confidence | diversity (pixels) |", "| ---: | ---: | ---: | ---: |"]  # fmt: skip
+           "null-class model)", "", "| w | accuracy | confidence | diversity (pixels) |",
+           "| ---: | ---: | ---: | ---: |"]  # fmt: skip
     md2 += [f"| {r['scale']} | {r['accuracy']:.3f} | {r['confidence']:.3f} | {r['diversity_pixels']:.3f} |"
             for r in cg_rows]  # fmt: skip
     md2 += ["", "## Optimization via reward-conditioned diffusion (D = 8, subspace d = 2, 200 labels)", "",

@@ -29,7 +29,7 @@ from .common import results_dir, write_results
 from .peers import import_deepinv
 
 
-# --- 1. exact posterior --------------------------------------------------------------------------------------------
+# --- 1. exact posterior ----------------------------------------------------------------------------------------------
 def exact_section(n: int, seed: int) -> list[dict]:
     g = GaussianMixture(torch.tensor([[1.5, 0.0], [-1.0, 1.0], [0.0, -1.5]]), torch.tensor([0.5, 0.6, 0.4]),
                         [0.3, 0.3, 0.4])  # fmt: skip
@@ -67,7 +67,7 @@ def _exact_row(name, xs, log_w, post, nfe, seconds, opts=None) -> dict:
             "nfe": nfe, "seconds": round(seconds, 2), "options": opts or {}}  # fmt: skip
 
 
-# --- 2. images -----------------------------------------------------------------------------------------------------
+# --- 2. images -------------------------------------------------------------------------------------------------------
 class _DeepinvDenoiser(torch.nn.Module):
     """Our model as deepinv's denoiser D(x, sigma) on [0, 1] images: x_ours = 2x - 1 has noise level 2 sigma."""
 
@@ -185,11 +185,12 @@ def volume_section(ckpt: str, slices: int, noise_std: float, seed: int, steps: i
 def _volume_row(name, rec, vol, nfe, seconds) -> dict:
     xz = lambda v: v[:, 0].permute(1, 0, 2)[:, None]  # noqa: E731 - (H, 1, slices, W): images along z
     mse = (rec.double() - vol.double()).square().mean()
-    return {"method": name, "psnr_volume": float(10 * torch.log10(4 / mse)), "psnr_slices": float(psnr(rec, vol).mean()),
+    return {"method": name, "psnr_volume": float(10 * torch.log10(4 / mse)),
+            "psnr_slices": float(psnr(rec, vol).mean()),
             "psnr_xz": float(psnr(xz(rec), xz(vol)).mean()), "nfe": nfe, "seconds": round(seconds, 2)}  # fmt: skip
 
 
-# --- 4. diffusion with forward models ---------------------------------------------------------------------------------
+# --- 4. diffusion with forward models --------------------------------------------------------------------------------
 def forward_model_section(steps: int, seed: int) -> dict:
     """forward-models.md test 1: signals S ~ N(0, Sigma) in R^6 seen only through random 2x6 context and 4x6 target
     projections; the model never sees S. Sampled signals given one context vs the exact S | O_c."""
@@ -220,7 +221,8 @@ def forward_model_section(steps: int, seed: int) -> dict:
     sig = sig.double()
     gain = sigma @ pc[0].T @ torch.linalg.inv(pc[0] @ sigma @ pc[0].T)
     mean, cov = gain @ oc.double(), sigma - gain @ pc[0] @ sigma
-    row = {"train_steps": steps, "context_rel_error": float((sig @ pc[0].T - oc.double()).norm(dim=1).max() / oc.norm()),
+    ctx = (sig @ pc[0].T - oc.double()).norm(dim=1).max() / oc.norm()
+    row = {"train_steps": steps, "context_rel_error": float(ctx),
            "mean_error_rel_sqrt_trace": float((sig.mean(0) - mean).norm() / cov.trace().sqrt()),
            "cov_rel_error": float((torch.cov(sig.T) - cov).norm() / cov.norm()),
            "seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
@@ -228,12 +230,13 @@ def forward_model_section(steps: int, seed: int) -> dict:
     return row
 
 
-# --- report ------------------------------------------------------------------------------------------------------------
+# --- report ----------------------------------------------------------------------------------------------------------
 def _markdown(exact, images, volume, env_note: str, dfm: dict | None = None) -> str:
     lines = ["# Inverse problems (issue 5)", "", env_note, "", "## Exact Gaussian-mixture posterior", "",
              "2-D three-component mixture, y = [1, 0.5] x + N(0, 0.5^2); errors of the samples' mean and covariance "
              "against the closed-form posterior (a Gaussian mixture). DPS and RED-Diff are not posterior samplers.", "",
-             "| method | mean error | cov. rel. error | model calls | seconds |", "| --- | ---: | ---: | ---: | ---: |"]  # fmt: skip
+             "| method | mean error | cov. rel. error | model calls | seconds |",
+             "| --- | ---: | ---: | ---: | ---: |"]  # fmt: skip
     lines += [f"| {r['method']} | {r['mean_error']:.3f} | {r['cov_rel_error']:.3f} | {r['nfe']} | {r['seconds']} |"
               for r in exact]  # fmt: skip
     lines += ["", "## Images (held-out; PSNR dB / SSIM; model calls per reconstruction batch)", "",
@@ -262,12 +265,17 @@ def _plot(images: list[dict], file: Path) -> None:
     if not images:
         return
     plt = _plt()
-    groups = sorted({(r["prior"], r["task"]) for r in images}, key=lambda k: [r["prior"] + r["task"] for r in images].index(k[0] + k[1]))
+    groups = sorted(
+        {(r["prior"], r["task"]) for r in images},
+        key=lambda k: [r["prior"] + r["task"] for r in images].index(k[0] + k[1]),
+    )
     methods = list(dict.fromkeys(r["method"] for r in images))
     fig, ax = plt.subplots(figsize=(1.6 * len(groups) + 3, 4))
     width = 0.8 / len(methods)
     for j, m in enumerate(methods):
-        vals = [next((r["psnr"] for r in images if (r["prior"], r["task"]) == gk and r["method"] == m), 0) for gk in groups]
+        vals = [
+            next((r["psnr"] for r in images if (r["prior"], r["task"]) == gk and r["method"] == m), 0) for gk in groups
+        ]
         ax.bar([i + j * width for i in range(len(groups))], vals, width, label=m)
     ax.set_xticks([i + 0.4 - width / 2 for i in range(len(groups))], [f"{p}\n{t}" for p, t in groups])
     ax.set_ylabel("PSNR (dB)")
@@ -299,7 +307,9 @@ def main(argv: list[str] | None = None) -> int:
     peer_steps = {"deepinv_dps": METHOD_DEFAULTS["dps"]["steps"], "deepinv_diffpir": METHOD_DEFAULTS["pigdm"]["steps"]}
     exact = [] if "exact" in args.skip else exact_section(args.exact_samples, args.seed)
     priors = {"digits": (args.digits, ("inpaint", "sr", "deblur")), "phantoms": (args.phantoms, ("mri", "ct"))}
-    images = [] if "images" in args.skip else image_section(priors, args.n, args.noise, args.seed, dinv, out, peer_steps)
+    images = (
+        [] if "images" in args.skip else image_section(priors, args.n, args.noise, args.seed, dinv, out, peer_steps)
+    )
     volume = [] if "volume" in args.skip else volume_section(args.phantoms, args.slices, args.noise, args.seed,
                                                              args.mbir_steps, out)  # fmt: skip
     dfm = forward_model_section(args.dfm_steps, args.seed) if args.dfm_steps > 0 else None

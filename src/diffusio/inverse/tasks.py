@@ -41,7 +41,8 @@ def make_operator(
     task: str, shape: tuple[int, int, int], noise_std: float = 0.05, *, generator: torch.Generator | None = None
 ) -> LinearOperator:
     """The operator of ``task`` for images ``(C, H, W)``: 50% random-pixel inpainting, 2x block-average SR,
-    Gaussian blur (std 1 px; A^+ drops |h| < 0.1), 4x Cartesian MRI (8% centre), sparse-view CT (H/4 views; per slice for ct3d)."""
+    Gaussian blur (std 1 px; A^+ drops |h| < 0.1), 4x Cartesian MRI (8% centre), sparse-view CT (H/4 views;
+    per slice for ct3d)."""
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; valid: {', '.join(TASKS)}")
     c, h, w = shape
