@@ -98,11 +98,12 @@ def build_data(section: dict):
 
         n, image, seed = spec.pop("n", 20000), spec.pop("image", "all"), spec.pop("seed", 0)
         return TensorSource(image_patches(image, n=n, generator=torch.Generator().manual_seed(seed), **spec))
-    if name == "phantoms":
+    if name == "phantoms":  # fresh procedural phantoms every batch (an infinite data set)
         from .data.phantoms import random_phantoms
 
-        n, seed = spec.pop("n", 20000), spec.pop("seed", 0)
-        return TensorSource(random_phantoms(n, generator=torch.Generator().manual_seed(seed), **spec))
+        size = spec.pop("size", 32)
+        random_phantoms(1, size, **spec)  # validates the arguments early
+        return FunctionSource(lambda n, g: random_phantoms(n, size, generator=g, **spec), (1, size, size))
     raise ValueError(f"unknown data {name!r}; valid: {', '.join(DATA)}")
 
 

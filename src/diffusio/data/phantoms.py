@@ -37,18 +37,19 @@ def _check_size(size: int) -> None:
 def _grid(size: int, supersample: int) -> tuple[Tensor, Tensor]:
     """Sub-pixel sample coordinates in [-1, 1]: x (columns, left to right), y (rows, top = +1)."""
     m = size * supersample
-    c = (2 * torch.arange(m, dtype=torch.float64) + 1) / m - 1
-    return c[None, :].expand(m, m), -c[:, None].expand(m, m)
+    c = (2 * torch.arange(m, dtype=torch.float32) + 1) / m - 1
+    return c[None, :].expand(m, m).contiguous(), -c[:, None].expand(m, m).contiguous()
 
 
 def _render(ellipses: Tensor, size: int, supersample: int = 2) -> Tensor:
     """Sum of filled ellipses ``(..., E, 6)`` rows (value, a, b, x0, y0, phi rad) -> images ``(..., size, size)``."""
     gx, gy = _grid(size, supersample)
-    v, a, b, x0, y0, phi = (ellipses[..., i, None, None] for i in range(6))
-    dx, dy = gx - x0, gy - y0
-    u = (dx * torch.cos(phi) + dy * torch.sin(phi)) / a
-    w = (-dx * torch.sin(phi) + dy * torch.cos(phi)) / b
-    img = (v * ((u**2 + w**2) <= 1)).sum(-3)
+    v, a, b, x0, y0, phi = (ellipses[..., i, None, None].float() for i in range(6))
+    cos, sin = torch.cos(phi), torch.sin(phi)
+    # rotated, scaled coordinates: u = R(phi) (g - c) / (a, b), computed as affine maps of the grid
+    u = gx * (cos / a) + gy * (sin / a) - (x0 * cos + y0 * sin) / a
+    w = gy * (cos / b) - gx * (sin / b) - (y0 * cos - x0 * sin) / b
+    img = torch.where(u.square_() + w.square_() <= 1, v, 0.0).sum(-3)
     return torch.nn.functional.avg_pool2d(img.reshape(-1, 1, *img.shape[-2:]), supersample).reshape(
         *img.shape[:-2], size, size
     )
