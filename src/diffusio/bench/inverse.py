@@ -22,7 +22,7 @@ import torch
 
 from ..data import GaussianMixture
 from ..inverse import MatrixOperator, gmm_posterior, solve
-from ..inverse.tasks import METHOD_DEFAULTS, baseline, ground_truth, make_operator, measurement_image
+from ..inverse.tasks import METHOD_DEFAULTS, baseline, ground_truth, make_operator, measurement_image, method_options
 from ..metrics import psnr, ssim
 from ..paths import LinearVP
 from .common import results_dir, write_results
@@ -129,7 +129,7 @@ def image_section(priors: dict, n: int, noise_std: float, seed: int, dinv, out: 
                     rec, nfe = _deepinv_run(dinv, method, model, op, y, noise_std, peer_steps[method], seed)
                 else:
                     res = solve(model, op, y, method, generator=torch.Generator().manual_seed(seed),
-                                **METHOD_DEFAULTS[method])  # fmt: skip
+                                **method_options(method, task))  # fmt: skip
                     rec, nfe = res.x, res.nfe
                 sec = time.perf_counter() - t0
                 rec = rec.detach().clamp(-1, 1)

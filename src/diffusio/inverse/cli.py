@@ -66,14 +66,14 @@ def run_inverse(
     from ..config import load_model
     from ..metrics import psnr, ssim
     from . import solve
-    from .tasks import METHOD_DEFAULTS, baseline, ground_truth, make_operator, measurement_image
+    from .tasks import baseline, ground_truth, make_operator, measurement_image, method_options
 
     model, cfg = load_model(ckpt)
     x = ground_truth(cfg.get("data", {}), n, seed=1234 + seed, task=task, slices=n)
     g = torch.Generator().manual_seed(seed)
     op = make_operator(task, tuple(x.shape[1:]), noise_std, generator=g)
     y = op.measure(x, generator=g)
-    opts = {**METHOD_DEFAULTS.get(method, {}), **options}
+    opts = {**method_options(method, task), **options}
     if method == "mbir" and task != "ct3d":
         raise ValueError("method 'mbir' reconstructs a volume: use it with --task ct3d")
     t0 = time.perf_counter()
