@@ -3,13 +3,16 @@
 import pytest
 import torch
 
+from diffusio.bench.peers import load_diffusers
 from diffusio.data import GaussianMixture
 from diffusio.interop import alphas_cumprod_from_config, to_diffusers, to_k_diffusion
 from diffusio.model import Model
 from diffusio.paths import DiscreteDDPM, LinearVP
 from diffusio.samplers import sample
 
-diffusers = pytest.importorskip("diffusers")
+diffusers = load_diffusers()
+if diffusers is None:
+    pytest.skip("diffusers is not installed (the bench extra)", allow_module_level=True)
 
 
 @pytest.fixture(scope="module")

@@ -102,7 +102,10 @@ def load_k_diffusion_sampling():
 
 
 def load_diffusers():
-    """The diffusers module, or None if it is not installed."""
+    """The diffusers module, or None if it is not installed; with the torchvision stand-in when needed."""
+    if importlib.util.find_spec("diffusers") is None:
+        return None
+    ensure_torchvision()
     try:
         return importlib.import_module("diffusers")
     except ImportError:
