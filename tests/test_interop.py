@@ -5,10 +5,11 @@ import torch
 
 from diffusio.bench.peers import load_diffusers
 from diffusio.data import GaussianMixture
-from diffusio.interop import alphas_cumprod_from_config, to_diffusers, to_k_diffusion
+from diffusio.interop import alphas_cumprod_from_config, reschedule, to_diffusers, to_k_diffusion
 from diffusio.model import Model
-from diffusio.paths import DiscreteDDPM, LinearVP
+from diffusio.paths import EDM, DiscreteDDPM, LinearVP
 from diffusio.samplers import sample
+from diffusio.timesteps import get_timesteps
 
 diffusers = load_diffusers()
 if diffusers is None:
@@ -66,21 +67,25 @@ def test_dpmpp_multistep_matches_diffusers(unet, order):
         for t in sched.timesteps:
             y = sched.step(unet(y, t).sample, t, y).prev_sample
         ts = _grid(model.path, sched.timesteps, model.path.t_min)
-        solver, opts = ("dpmpp_2m", {}) if order == 2 else ("dpmpp_3m", {"variant": "official"})
+        # diffusers lowers the final orders below 15 steps (diffusio's 3M default: below 8)
+        solver, opts = ("dpmpp_2m", {}) if order == 2 else ("dpmpp_3m_official", {"lower_order_final": 15})
         out = sample(model, x, solver=solver, grid=ts, **opts).x
     assert torch.allclose(out, y, atol=2e-5, rtol=1e-5), float((out - y).abs().max())
 
 
-def test_unipc_matches_diffusers(unet):
+@pytest.mark.parametrize("steps", [10, 16])
+def test_unipc_matches_diffusers(unet, steps):
+    """diffusers' UniPC lowers the final orders at every step count: diffusio's lower_order_final="always"."""
     sched = diffusers.UniPCMultistepScheduler(solver_order=2, final_sigmas_type="sigma_min", lower_order_final=True)
-    sched.set_timesteps(10)
+    sched.set_timesteps(steps)
     model = Model.from_diffusers(unet, sched)
     x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(3))
     y = x.clone()
     with torch.no_grad():
         for t in sched.timesteps:
             y = sched.step(unet(y, t).sample, t, y).prev_sample
-        out = sample(model, x, solver="unipc", grid=_grid(model.path, sched.timesteps, model.path.t_min)).x
+        ts = _grid(model.path, sched.timesteps, model.path.t_min)
+        out = sample(model, x, solver="unipc", grid=ts, lower_order_final="always").x
     assert torch.allclose(out, y, atol=2e-5, rtol=1e-5), float((out - y).abs().max())
 
 
@@ -129,6 +134,35 @@ def test_k_diffusion_dpmpp_2m_matches(gmm2d):
     out_kd = kd.sample_dpmpp_2m(to_k_diffusion(model), x / a0, sig, disable=True) * float(path.alpha(ts[-1]))
     out = sample(model, x, solver="dpmpp_2m", steps=20, lower_order_final=False).x
     assert torch.allclose(out, out_kd, atol=1e-10)
+
+
+def test_k_diffusion_dpmpp_3m_matches(gmm2d):
+    """k-diffusion's 3M (eta = 0) is dpmpp_3m_official with the Taylor warm-up step and no lowered final steps."""
+    from diffusio.bench.peers import load_k_diffusion_sampling
+
+    kd = load_k_diffusion_sampling()
+    if kd is None:
+        pytest.skip("k-diffusion is not installed")
+    path = LinearVP()
+    model = gmm2d.as_model(path)
+    x = torch.randn(16, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    ts = get_timesteps(path, 7, "logsnr")
+    sig, a0, a1 = path.noise_level(ts), float(path.alpha(ts[0])), float(path.alpha(ts[-1]))
+    out_kd = kd.sample_dpmpp_3m_sde(to_k_diffusion(model), x / a0, sig, eta=0.0, disable=True) * a1
+    opts = {"lower_order_final": False, "second_order": "taylor"}
+    out = sample(model, x, solver="dpmpp_3m_official", grid=ts, **opts).x
+    assert torch.allclose(out, out_kd, atol=1e-10)
+
+
+def test_reschedule_keeps_the_ode(gmm2d):
+    """An EDM model re-scheduled onto a DDPM table predicts the same x0 at the same noise level."""
+    edm, vp = EDM(), DiscreteDDPM()
+    model = reschedule(gmm2d.as_model(edm), vp)
+    assert model.path is vp
+    x = torch.randn(5, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+    t = torch.full((5,), 0.4, dtype=torch.float64)
+    a, s = vp.alpha(t)[:, None], vp.noise_level(t)
+    assert torch.allclose(model(x, t), gmm2d.as_model(edm)(x / a, s), atol=1e-10)
 
 
 def test_gaussian_mixture_on_discrete_path_is_a_model(gmm2d):

@@ -6,6 +6,8 @@
   Model on ``DiscreteDDPM(alphas_cumprod=...)``; the network sees the label N t - 1 (principles.md, "Pitfalls").
 * ``to_k_diffusion(model)``: a Model as a k-diffusion denoiser D(x, sigma) = x0(alpha x, t(sigma)), with
   x on the VE scale x/alpha and sigma the noise level sigma/alpha.
+* ``reschedule(model, path)``: the same model (the same probability-flow ODE) seen on another Gaussian path, e.g.
+  an EDM model on a DDPM table so that diffusers' schedulers can drive it.
 * ``to_diffusers(model, kind)``: a Model on a discrete path as a diffusers-style ``f(sample, timestep)`` returning
   the ``epsilon``/``v_prediction``/``sample`` head at integer labels.
 
@@ -20,9 +22,16 @@ import torch
 from torch import Tensor, nn
 
 from .model import Model, ModelBase, as_time
-from .paths import DiscreteDDPM, broadcast
+from .paths import DiscreteDDPM, Path, broadcast
 
-__all__ = ["DiffusersNet", "alphas_cumprod_from_config", "from_diffusers", "to_diffusers", "to_k_diffusion"]
+__all__ = [
+    "DiffusersNet",
+    "alphas_cumprod_from_config",
+    "from_diffusers",
+    "reschedule",
+    "to_diffusers",
+    "to_k_diffusion",
+]
 
 _PREDICTION = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}
 
@@ -120,3 +129,12 @@ class DiffusersStyle(nn.Module):
 def to_diffusers(model: ModelBase, kind: str = "epsilon") -> DiffusersStyle:
     """``model`` as a diffusers-style network returning the ``kind`` head ("epsilon", "v_prediction", "sample")."""
     return DiffusersStyle(model, kind)
+
+
+def reschedule(model: ModelBase, path: Path) -> Model:
+    """``model`` seen on another Gaussian ``path``: x0(x, t) = x0_model(x / alpha(t) * alpha_m(t_m), t_m) with t_m the
+    model-path time of the same noise level sigma/alpha. Every path with the same noise levels has the same PF-ODE
+    up to the scaling x/alpha, so samples (mapped back by alpha) are unchanged; only the time axis a solver steps
+    in changes. Noise levels beyond the model path's time domain are clamped to it (``to_k_diffusion``); EDM's domain
+    is unbounded, so an EDM model sees every level of a DDPM table (up to sigma/alpha ~ 157 > its sigma_max = 80)."""
+    return Model.from_k_diffusion(to_k_diffusion(model), path)

@@ -78,6 +78,7 @@ class Solver:
     default_grid: str = "logsnr"
     summary: str = ""
     extra_calls: int = 0  # calls outside the per-step count (e.g. a warm-up)
+    needs: tuple[str, ...] = ()  # options without a usable default that a caller must supply (e.g. "statistics")
 
     def nfe(self, steps: int) -> int | None:
         """Model calls for ``steps`` steps (None for adaptive solvers)."""
@@ -145,6 +146,14 @@ for _s in (
         summary="DPM-Solver++(3M); variant='official' is the peers' (global order 2) coefficient",
     ),
     Solver(
+        "dpmpp_3m_official",
+        partial(sample_dpmpp_3m, variant="official"),
+        2,
+        1,
+        min_steps=3,
+        summary="DPM-Solver++(3M) with the official phi_3 coefficient (LuChengTHU, diffusers, k-diffusion): order 2",
+    ),
+    Solver(
         "dpmpp_2m_sde",
         sample_dpmpp_2m_sde,
         1,
@@ -178,6 +187,7 @@ for _s in (
         1,
         min_steps=3,
         summary="DPM-Solver-v3 with empirical model statistics (needs statistics: samplers.dpm_v3.statistics_for)",
+        needs=("statistics",),
     ),
     Solver(
         "evodiff",

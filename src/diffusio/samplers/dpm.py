@@ -24,6 +24,7 @@ from .base import Callback, Step, model_x0, time_batch
 
 __all__ = [
     "LOWER_ORDER_FINAL_BELOW",
+    "LOWER_ORDER_FINAL_BELOW_3M",
     "fast_orders",
     "phi",
     "sample_dpm_solver",
@@ -36,9 +37,12 @@ __all__ = [
     "sample_ipndm",
 ]
 
-# Multistep solvers lower the order of their last steps only on short runs, as diffusers does (< 15 steps):
-# the lower-order final steps stabilise few-step sampling, but would cap the convergence order as h -> 0.
+# Multistep solvers lower the order of their last steps only on short runs, as diffusers' DPM-Solver++ does
+# (< 15 steps): the lower-order final steps stabilise few-step sampling, but would cap the convergence order as
+# h -> 0. Third-order multistep DPM-Solver++ uses a shorter threshold, measured on the three bench models
+# (bench/results/solvers.md): lowering the last orders helps at 4-6 steps and costs 1.5-5x in error at 8-10 steps.
 LOWER_ORDER_FINAL_BELOW = 15
+LOWER_ORDER_FINAL_BELOW_3M = 8
 
 
 def phi(k: int, z: float) -> float:
@@ -244,17 +248,29 @@ def sample_dpmpp_2s(
 # --- multistep DPM-Solver++ (ODE and SDE) --------------------------------------------------------------------------
 
 
-def final_order(order: int, i: int, steps: int, lower_order_final: bool) -> int:
-    """Order of step ``i`` (0-based): warm-up min(order, i + 1); on short runs also min(., steps - i) at the end."""
+def final_order(order: int, i: int, steps: int, lower_order_final, below: int = LOWER_ORDER_FINAL_BELOW) -> int:
+    """Order of step ``i`` (0-based): warm-up min(order, i + 1); with ``lower_order_final`` also min(., steps - i)
+    at the end: ``True`` on runs shorter than ``below`` steps (the solver's default), an integer n on runs shorter
+    than n steps (diffusers' DPM-Solver++: 15; LuChengTHU/dpm-solver: 10), ``"always"`` on every run (the official
+    UniPC and DPM-Solver-v3 code, diffusers' UniPC), ``False`` never (k-diffusion)."""
+    if lower_order_final is True:
+        limit = below
+    elif lower_order_final is False:
+        limit = 0
+    elif lower_order_final == "always":
+        limit = steps + 1
+    elif isinstance(lower_order_final, int) and lower_order_final >= 0:
+        limit = lower_order_final
+    else:
+        raise ValueError(f"lower_order_final must be True, False, 'always' or a step count, got {lower_order_final!r}")
     p = min(order, i + 1)
-    if lower_order_final and steps < LOWER_ORDER_FINAL_BELOW:
-        p = min(p, steps - i)
-    return p
+    return min(p, steps - i) if steps < limit else p
 
 
-def _dpmpp_derivs(hist: list[tuple[float, Tensor]], h: float, variant: str) -> list[Tensor]:
+def _dpmpp_derivs(hist: list[tuple[float, Tensor]], h: float, variant: str, second_order: str) -> list[Tensor]:
     """Scaled derivative estimates d_k from the newest-first history [(lambda, x0), ...] (Lu et al. 2022b, Alg. 2;
-    official third-order update of LuChengTHU/dpm-solver)."""
+    official third-order update of LuChengTHU/dpm-solver). ``second_order`` is the two-point formula
+    ("midpoint": D = m0 + d1/2 with the phi_1 weight; "taylor": the phi_2 term), ``variant`` the three-point one."""
     (l0, m0), p = hist[0], len(hist)
     if p == 1:
         return [m0]
@@ -262,22 +278,27 @@ def _dpmpp_derivs(hist: list[tuple[float, Tensor]], h: float, variant: str) -> l
     r0 = (l0 - l1) / h
     d1_0 = (m0 - m1) / r0
     if p == 2:
-        return [m0 + 0.5 * d1_0] if variant in ("midpoint", "official") else [m0, d1_0]
+        return [m0 + 0.5 * d1_0] if second_order == "midpoint" else [m0, d1_0]
     l2, m2 = hist[2]
     r1 = (l1 - l2) / h
     d1_1 = (m1 - m2) / r1
     d2 = (d1_0 - d1_1) / (r0 + r1)  # ~ h^2 x0''/2
     d1 = d1_0 + r0 * d2  # ~ h x0'
-    # The official coefficient of D2 is phi_3 where the Taylor term needs 2 phi_3 (see module docs of dpm.py).
+    # The official coefficient of D2 is phi_3 where the Taylor term needs 2 phi_3 (see sample_dpmpp_3m).
     return [m0, d1, (1.0 if variant == "official" else 2.0) * d2]
 
 
 _VARIANTS = {2: ("midpoint", "taylor"), 3: ("taylor3", "official")}
+_SECOND = ("midpoint", "taylor")
 
 
-def _dpmpp_multistep(model, x, ts, cond, callback, generator, order, variant, lower_order_final, eta):
+def _dpmpp_multistep(model, x, ts, cond, callback, generator, order, variant, lower_order_final, eta, second=None):
     if variant not in _VARIANTS[order]:
         raise ValueError(f"variant must be one of {_VARIANTS[order]} for order {order}, got {variant!r}")
+    if second is None:  # 3M's own two-point formula: the official code's midpoint, or Taylor with taylor3
+        second = variant if order == 2 else ("midpoint" if variant == "official" else "taylor")
+    if second not in _SECOND:
+        raise ValueError(f"second_order must be one of {_SECOND} or None, got {second!r}")
     if eta < 0:
         raise ValueError(f"eta must be >= 0, got {eta}")
     name = f"dpmpp_{order}m" + ("_sde" if eta > 0 else "")
@@ -288,8 +309,9 @@ def _dpmpp_multistep(model, x, ts, cond, callback, generator, order, variant, lo
         s, t = pts[i], pts[i + 1]
         m = model_x0(model, x, s.t, cond)
         hist = [(s.lam, m)] + hist[: order - 1]
-        p = final_order(order, i, steps, lower_order_final)
-        x = data_step(x, s, t, _dpmpp_derivs(hist[:p], t.lam - s.lam, variant), eta)
+        below = LOWER_ORDER_FINAL_BELOW_3M if order == 3 else LOWER_ORDER_FINAL_BELOW
+        p = final_order(order, i, steps, lower_order_final, below)
+        x = data_step(x, s, t, _dpmpp_derivs(hist[:p], t.lam - s.lam, variant, second), eta)
         if eta > 0:
             z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
             x = x + t.sigma * math.sqrt(-math.expm1(-2 * eta * (t.lam - s.lam))) * z
@@ -306,10 +328,12 @@ def sample_dpmpp_2m(
     cond: dict | None = None,
     callback: Callback | None = None,
     variant: str = "midpoint",
-    lower_order_final: bool = True,
+    lower_order_final: bool | int | str = True,
 ) -> Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022b, Alg. 2): D = x0_0 + (x0_0 - x0_1)/(2 r0), x_t = (sigma_t/sigma_s) x_s -
-    alpha_t expm1(-h) D; ``variant="taylor"`` uses the phi_2 term instead (same order). 1 call per step."""
+    alpha_t expm1(-h) D; ``variant="taylor"`` uses the phi_2 term instead (same order). ``lower_order_final``: the
+    last step is first order on runs of fewer than 15 steps (True, diffusers' rule), on every run ("always"), or
+    never (False, k-diffusion). 1 call per step."""
     return _dpmpp_multistep(model, x, ts, cond, callback, None, 2, variant, lower_order_final, 0.0)
 
 
@@ -321,15 +345,22 @@ def sample_dpmpp_3m(
     cond: dict | None = None,
     callback: Callback | None = None,
     variant: str = "taylor3",
-    lower_order_final: bool = True,
+    lower_order_final: bool | int | str = True,
+    second_order: str | None = None,
 ) -> Tensor:
     """DPM-Solver++(3M): third-order multistep in data form (Lu et al. 2022b, App. B; third-order Taylor update).
 
     ``variant="taylor3"`` weights the second divided difference by 2 phi_3, the exact Taylor term (global order 3).
     ``variant="official"`` is the coefficient of LuChengTHU/dpm-solver, diffusers and k-diffusion (phi_3), which is
-    exact only for linear x0(lambda): measured global order 2 (tests/test_fast_samplers.py). 1 call per step.
+    exact only for linear x0(lambda): measured global order 2 (tests/test_fast_samplers.py), but at few steps
+    (h ~ 1) its half-weight second difference overshoots less, and it is the more accurate of the two on all three
+    bench models from 8 to 20 calls (bench/results/solvers.md); registered as ``dpmpp_3m_official``.
+    ``second_order`` is the two-point formula of the warm-up and lowered final steps: "midpoint" (LuChengTHU and
+    diffusers' default) or "taylor" (k-diffusion); None picks midpoint for "official", taylor for "taylor3".
+    ``lower_order_final=True`` lowers the last two steps' orders (to 1 and 2) on runs of fewer than 8 steps
+    (``LOWER_ORDER_FINAL_BELOW_3M``; measured), "always" on every run, False never (k-diffusion). 1 call per step.
     """
-    return _dpmpp_multistep(model, x, ts, cond, callback, None, 3, variant, lower_order_final, 0.0)
+    return _dpmpp_multistep(model, x, ts, cond, callback, None, 3, variant, lower_order_final, 0.0, second_order)
 
 
 def sample_dpmpp_2m_sde(
@@ -342,7 +373,7 @@ def sample_dpmpp_2m_sde(
     generator: torch.Generator | None = None,
     eta: float = 1.0,
     variant: str = "midpoint",
-    lower_order_final: bool = True,
+    lower_order_final: bool | int | str = True,
 ) -> Tensor:
     """SDE-DPM-Solver++(2M) (Lu et al. 2022b, Sec. 5):
     x_t = (sigma_t/sigma_s) e^{-eta h} x_s + alpha_t (1 - e^{-(1+eta)h}) D + sigma_t sqrt(1 - e^{-2 eta h}) z.
@@ -360,7 +391,7 @@ def sample_dpmpp_3m_sde(
     generator: torch.Generator | None = None,
     eta: float = 1.0,
     variant: str = "taylor3",
-    lower_order_final: bool = True,
+    lower_order_final: bool | int | str = True,
 ) -> Tensor:
     """Third-order multistep SDE-DPM-Solver++ (the 3M extrapolation of ``sample_dpmpp_3m`` with the SDE's exactly
     integrated linear part and noise, as in ``sample_dpmpp_2m_sde``). ``eta = 0`` is the 3M ODE solver."""

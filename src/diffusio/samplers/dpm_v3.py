@@ -153,34 +153,37 @@ def _lambda_grid(path: Path, t_start, t_end, n_grid: int) -> Tensor:
 # --- estimation (App. C.1) ----------------------------------------------------------------------------------------
 
 
-def _eps_fn(model: ModelBase, cond: dict | None):
+def _eps_fn(model: ModelBase, cond: dict):
     path = model.path
 
     def fn(x: Tensor, lam: Tensor) -> Tensor:
-        return model.predict(x, path.t_of_log_snr(lam), "eps", **(cond or {}))
+        return model.predict(x, path.t_of_log_snr(lam), "eps", **cond)
 
     return fn
 
 
-def _jacobian_diag(fn, x: Tensor, lam: Tensor, probes: int, exact_below: int, generator) -> Tensor:
-    """diag(d eps/dx) per sample: exact (one backward per dimension) in low dimension, else Hutchinson with
-    Rademacher probes, E_v[(J v) * v] (Bekas et al. 2007)."""
+def _batch_cond(cond: dict | None, K: int, i0: int, i1: int) -> dict:
+    """Per-sample conditioning (tensors with K rows) sliced with the data; anything else passed as is."""
+    return {k: v[i0:i1] if torch.is_tensor(v) and v.ndim and v.shape[0] == K else v for k, v in (cond or {}).items()}
+
+
+def _jacobian_diag(fn, x: Tensor, lam: Tensor, probes: Tensor | None) -> Tensor:
+    """diag(d eps/dx) per sample: exact (one backward per dimension) if ``probes`` is None, else Hutchinson,
+    E_v[(J v) * v] over the Rademacher ``probes`` ``(P, batch, D)`` (Bekas et al. 2007)."""
     xf = x.detach().requires_grad_(True)
     with torch.enable_grad():
         out = fn(xf, lam).reshape(x.shape[0], -1)
-        d = out.shape[1]
-        if d <= exact_below:
+        if probes is None:
             cols = [
                 torch.autograd.grad(out[:, j].sum(), xf, retain_graph=True)[0].reshape(x.shape[0], -1)[:, j]
-                for j in range(d)
+                for j in range(out.shape[1])
             ]
             return torch.stack(cols, 1).detach()
         acc = torch.zeros_like(out)
-        for _ in range(probes):
-            v = torch.randint(0, 2, out.shape, generator=generator, device=x.device).to(out.dtype) * 2 - 1
+        for v in probes.to(out):
             (vjp,) = torch.autograd.grad(out, xf, v, retain_graph=True)
             acc = acc + vjp.reshape(x.shape[0], -1) * v
-        return (acc / probes).detach()
+        return (acc / len(probes)).detach()
 
 
 def estimate_statistics(
@@ -194,16 +197,26 @@ def estimate_statistics(
     batch_size: int = 1024,
     probes: int = 4,
     exact_below: int = 64,
+    var_floor: float = 1e-12,
     generator: torch.Generator | None = None,
     progress: bool = True,
 ) -> Statistics:
     """Estimate the EMS l, s, b of ``model`` from data samples ``data`` ``(K, *event_shape)`` (Zheng et al. 2023,
-    Eq. 10-12 and App. C.1) on ``n_grid + 1`` points uniform in lambda.
+    Eq. 10-12 and App. C.1) on ``n_grid + 1`` points uniform in lambda. Runs in float64, in two passes.
 
-    l = E[diag(sigma d eps/dx)] (exact diagonal up to ``exact_below`` dimensions, else Hutchinson with ``probes``
-    Rademacher vectors); f' = e^{-lambda}((l - 1) eps + eps') - l' x/alpha with eps' = d eps/dlambda along the ODE
-    (one JVP with tangent (dx/dlambda, 1)); s = Cov(f, f')/Var(f), b = E f' - s E f. The same (x0, noise) pairs
-    are used at every lambda, which keeps l' (finite differences over the grid) smooth. Runs in float64.
+    Pass 1: l = E[diag(sigma d eps/dx)] (exact diagonal up to ``exact_below`` dimensions, else Hutchinson with
+    ``probes`` Rademacher vectors), then l' by second-order finite differences over the grid. Pass 2, per sample:
+    f = e^{-lambda} eps - l x/alpha and f' = e^{-lambda}((l - 1) eps + eps') - l' x/alpha, with eps' = d eps/dlambda
+    along the ODE (one JVP with tangent (dx/dlambda, 1)); then s = Cov(f, f')/(Var(f) + floor), b = E f' - s E f.
+
+    Why per sample and centred: near the prior f is a small difference of two large terms (for a symmetric mixture
+    such as a ring, E f = 0 and f -> 0 as the data looks Gaussian), so Var(f) from raw moments cancels
+    catastrophically and s = Cov/Var explodes (the old estimator gave s ~ 1e10 and inf samples on the 2-D ring).
+    ``var_floor`` is a ridge penalty relative to the terms' mean square, floor = var_floor E[(e^{-lambda} eps)^2 +
+    (l x/alpha)^2]: where f varies by less than ~sqrt(var_floor) of its terms its slope is below the accuracy of the
+    finite-difference l' (and of float32 networks) and s shrinks to 0, the data-form split. The same (x0, noise)
+    pairs (and probes) are used at every lambda, which keeps l' smooth. ``cond``: conditioning for the model;
+    tensors with K rows are per-sample (e.g. the data's class labels) and are batched with ``data``.
     """
     from tqdm.auto import tqdm
 
@@ -212,43 +225,85 @@ def estimate_statistics(
     data = torch.as_tensor(data).to(_F64)
     if data.ndim < 2 or data.shape[0] < 2:
         raise ValueError(f"data must have shape (K >= 2, *event_shape); got {tuple(data.shape)}")
+    if var_floor < 0:
+        raise ValueError(f"var_floor must be >= 0, got {var_floor}")
     noise = torch.randn(data.shape, generator=generator, dtype=_F64, device=data.device)
-    fn = _eps_fn(model, cond)
     K, D = data.shape[0], math.prod(data.shape[1:])
-    keys = ("a", "c", "y", "aa", "ac", "ay", "yc", "yy")
-    mom = {k: torch.zeros(n_grid + 1, D, dtype=_F64) for k in keys}
-    l_diag = torch.zeros(n_grid + 1, D, dtype=_F64)
-    for j in tqdm(range(n_grid + 1), desc="DPM-Solver-v3 statistics", disable=not progress):
-        lam = lams[j]
-        t = path.t_of_log_snr(lam)
-        alpha, sigma = float(path.alpha(t)), float(path.sigma(t))
-        dloga = float(path.drift(t) / path.d_log_snr(t))  # d log alpha / d lambda
-        for i in range(0, K, batch_size):
-            x0, z = data[i : i + batch_size], noise[i : i + batch_size]
-            x = alpha * x0 + sigma * z
-            lam_b = lam.expand(x.shape[0]).to(x.device).clone()
-            l_diag[j] += sigma * _jacobian_diag(fn, x, lam_b, probes, exact_below, generator).sum(0).cpu()
+    # Hutchinson probes are the same at every grid point, like (x0, noise): l stays smooth in lambda, so its
+    # finite-difference derivative l' is not dominated by fresh probe noise (regenerated per batch from one seed).
+    probe_seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+
+    def probe(i0: int, i1: int) -> Tensor | None:
+        if D <= exact_below:
+            return None
+        g = torch.Generator().manual_seed(probe_seed + i0)
+        return torch.randint(0, 2, (probes, i1 - i0, D), generator=g).to(_F64) * 2 - 1
+
+    batches = [(i, min(i + batch_size, K)) for i in range(0, K, batch_size)]
+    bar = tqdm(total=2 * (n_grid + 1), desc="DPM-Solver-v3 statistics", disable=not progress)
+
+    def state(j: int):
+        t = path.t_of_log_snr(lams[j])
+        return float(lams[j]), float(path.alpha(t)), float(path.sigma(t)), float(path.drift(t) / path.d_log_snr(t))
+
+    l = torch.zeros(n_grid + 1, D, dtype=_F64)
+    for j in range(n_grid + 1):
+        lam, alpha, sigma, _ = state(j)
+        for i0, i1 in batches:
+            x = alpha * data[i0:i1] + sigma * noise[i0:i1]
+            lam_b = torch.full((i1 - i0,), lam, dtype=_F64, device=x.device)
+            fn, v = _eps_fn(model, _batch_cond(cond, K, i0, i1)), probe(i0, i1)
+            l[j] += sigma * _jacobian_diag(fn, x, lam_b, None if v is None else v.to(x.device)).sum(0).cpu()
+        bar.update()
+    l /= K
+    l_dot = torch.gradient(l, spacing=(lams,), dim=0, edge_order=2)[0]
+    s, b = torch.zeros_like(l), torch.zeros_like(l)
+    for j in range(n_grid + 1):
+        lam, alpha, sigma, dloga = state(j)
+        mom = _Moments()
+        for i0, i1 in batches:
+            x = alpha * data[i0:i1] + sigma * noise[i0:i1]
+            lam_b = torch.full((i1 - i0,), lam, dtype=_F64, device=x.device)
+            fn = _eps_fn(model, _batch_cond(cond, K, i0, i1))
             with torch.no_grad():
-                eps = fn(x, lam_b)
-                dx = dloga * x - sigma * eps
-            _, deps = torch.func.jvp(fn, (x, lam_b), (dx, torch.ones_like(lam_b)))
-            a = (math.exp(-float(lam)) * eps).reshape(x.shape[0], D).detach()
-            c = (math.exp(-float(lam)) * deps).reshape(x.shape[0], D).detach()
-            y = (x / alpha).reshape(x.shape[0], D)
-            for k, v in zip(keys, (a, c, y, a * a, a * c, a * y, y * c, y * y)):
-                mom[k][j] += v.sum(0).cpu()
-    m = {k: v / K for k, v in mom.items()}
-    l = l_diag / K
-    l_dot = torch.gradient(l, spacing=(lams,), dim=0)[0]
-    ef, efp = m["a"] - l * m["y"], (l - 1) * m["a"] + m["c"] - l_dot * m["y"]
-    eff = m["aa"] - 2 * l * m["ay"] + l * l * m["yy"]
-    effp = (l - 1) * m["aa"] + m["ac"] - l_dot * m["ay"] - l * (l - 1) * m["ay"] - l * m["yc"] + l * l_dot * m["yy"]
-    var, cov = (eff - ef**2).clamp(min=0), effp - ef * efp
-    s = cov / (var + 1e-12 * (eff + 1e-30))  # Var(f) ~ 0 for Gaussian data (brief's pitfall)
-    b = efp - s * ef
+                dx = dloga * x - sigma * fn(x, lam_b)
+            eps, deps = torch.func.jvp(fn, (x, lam_b), (dx, torch.ones_like(lam_b)))
+            # detach: a network's parameters require grad, and the statistics must not keep its graph alive
+            eps, deps = (math.exp(-lam) * u.detach().reshape(i1 - i0, D).to(_F64).cpu() for u in (eps, deps))
+            y = (x / alpha).reshape(i1 - i0, D).cpu()
+            f = eps - l[j] * y
+            mom.add(f, (l[j] - 1) * eps + deps - l_dot[j] * y, (eps**2 + (l[j] * y) ** 2).sum(0))
+        s[j], b[j] = mom.slope(var_floor)
+        bar.update()
+    bar.close()
     hi, lo = _ends(path, t_start, t_end)
-    meta = {"n_samples": K, "probes": probes}
+    meta = {"n_samples": K, "probes": probes, "var_floor": var_floor}
     return Statistics(lams, l, s, b, hi, lo, tuple(data.shape[1:]), meta)
+
+
+class _Moments:
+    """Running centred moments of (f, f') per dimension over batches (Chan et al. 1979 pairwise update), so the
+    variance of a nearly constant f never comes from a difference of large raw moments."""
+
+    def __init__(self):
+        self.n, self.mf, self.mg, self.vf, self.cfg, self.scale = 0, 0.0, 0.0, 0.0, 0.0, 0.0
+
+    def add(self, f: Tensor, g: Tensor, scale: Tensor) -> None:
+        k = f.shape[0]
+        mf, mg = f.mean(0), g.mean(0)
+        vf, cfg = ((f - mf) ** 2).sum(0), ((f - mf) * (g - mg)).sum(0)
+        n = self.n + k
+        df, dg = mf - self.mf, mg - self.mg
+        self.vf = self.vf + vf + df**2 * self.n * k / n
+        self.cfg = self.cfg + cfg + df * dg * self.n * k / n
+        self.mf, self.mg = self.mf + df * k / n, self.mg + dg * k / n
+        self.scale, self.n = self.scale + scale, n
+
+    def slope(self, var_floor: float) -> tuple[Tensor, Tensor]:
+        """(s, b) of the ridge fit f' ~ s f + b."""
+        var, cov = self.vf / self.n, self.cfg / self.n
+        s = cov / (var + var_floor * self.scale / self.n + torch.finfo(_F64).tiny)
+        return s, self.mg - s * self.mf
 
 
 # --- cache --------------------------------------------------------------------------------------------------------
@@ -281,8 +336,12 @@ def model_fingerprint(model: ModelBase) -> str:
     return h.hexdigest()
 
 
+# Bumped whenever the estimator changes, so statistics from an older estimator are never picked up from the cache.
+ESTIMATOR_VERSION = 2
+
+
 def _cache_file(fp: str, t_start: float, t_end: float, n_grid: int) -> FsPath:
-    return cache_dir() / f"{fp[:20]}-{t_start:.8g}-{t_end:.8g}-{n_grid}.safetensors"
+    return cache_dir() / f"ems{ESTIMATOR_VERSION}-{fp[:20]}-{t_start:.8g}-{t_end:.8g}-{n_grid}.safetensors"
 
 
 def save_statistics(stats: Statistics, model: ModelBase) -> FsPath:
@@ -299,7 +358,8 @@ def load_statistics(model: ModelBase, t_start: float | None = None, t_end: float
     hi, lo = _ends(path, t_start, t_end)
     fp = model_fingerprint(model)
     files = sorted(
-        cache_dir().glob(f"{fp[:20]}-{hi:.8g}-{lo:.8g}-*.safetensors"), key=lambda p: int(p.stem.split("-")[-1])
+        cache_dir().glob(f"ems{ESTIMATOR_VERSION}-{fp[:20]}-{hi:.8g}-{lo:.8g}-*.safetensors"),
+        key=lambda p: int(p.stem.split("-")[-1]),
     )
     if not files:
         raise ValueError(
@@ -422,7 +482,7 @@ def sample_dpm_v3(
     use_corrector: bool = True,
     p_pseudo: bool = False,
     c_pseudo: bool = False,
-    lower_order_final: bool = True,
+    lower_order_final: bool | int | str = True,
     half: bool = False,
     half_region: str = "code",
 ) -> Tensor:
@@ -433,6 +493,7 @@ def sample_dpm_v3(
     re-solves the last step with the new point, keeping N = sigma eps - l x fixed (no new call); the predictor of
     order min(order, m) (lower on short runs' last steps) moves on. ``half`` restricts the corrector to half the
     range: ``half_region="code"`` corrects where t > 0.5 (official code), ``"paper"`` where t <= 0.5 (paper text).
+    ``lower_order_final`` as in ``sample_unipc`` (True: below 15 steps; "always": the official code; False).
     ``c_pseudo`` defaults to False (the official default is True): with the full-order corrector the measured
     order is 3 and few-step errors on the test mixtures are 2-3x lower; the pseudo corrector caps the order at 2.
     """

@@ -77,12 +77,14 @@ def sample_unipc(
     order: int = 2,
     variant: str = "bh2",
     use_corrector: bool = True,
-    lower_order_final: bool = True,
+    lower_order_final: bool | int | str = True,
 ) -> Tensor:
     """UniPC-p (Zhao et al. 2023, Alg. 2-3 / official wl-zhao/UniPC): UniP-p predictor + UniC-p corrector, 1 call/step.
 
     ``order`` is the predictor's order p (1-3); the corrector raises the step's accuracy to p + 1.
     ``use_corrector=False`` gives the bare UniP-p predictor (UniP-2 with bh2 is DPM-Solver++(2M)).
+    ``lower_order_final``: the last steps' orders drop to 1, 2, ... on runs of fewer than 15 steps (True; keeps the
+    declared order as h -> 0), on every run ("always": the official code and diffusers), or never (False).
     """
     if order not in (1, 2, 3):
         raise ValueError(f"order must be 1, 2 or 3 for unipc, got {order!r}")
