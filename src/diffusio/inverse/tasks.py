@@ -93,7 +93,8 @@ def ground_truth(data_cfg: dict, n: int, *, seed: int = 1234, task: str = "inpai
     if name == "patches":
         from ..data.images import image_patches
 
-        return image_patches(data_cfg.get("image", "all"), data_cfg.get("size", 16), n, generator=g)
+        # held-out region of every photograph (the patches config trains on split "train", left of it)
+        return image_patches(data_cfg.get("image", "all"), data_cfg.get("size", 16), n, generator=g, split="test")
     if name == "phantoms":
         from ..data.phantoms import random_phantoms
 
