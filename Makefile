@@ -11,8 +11,9 @@ $(STAMP): pyproject.toml
 	# PyTorch first (a local CPU build here); then the project, so pip never pulls a CUDA build.
 	$(PY) -m pip install -q "torch==$${TORCH_VERSION:-2.13.0}"
 	$(PY) -m pip install -q -e ".[dev,bench]"
-	# k-diffusion's sampling module only (its metadata pulls torchvision and a training stack): no deps.
-	$(PY) -m pip install -q --no-deps "k-diffusion==0.1.1.post1" "torchsde>=0.2.6" "trampoline>=0.1.2"
+	# Peers whose metadata pulls torchvision (unloadable beside a local CPU torch): no deps; their needs are in [bench].
+	$(PY) -m pip install -q --no-deps "k-diffusion==0.1.1.post1" "deepinv==0.5.0"
+	$(PY) -c "import torch; v = torch.__version__; assert v.startswith('$${TORCH_VERSION:-2.13.0}'), v"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -156,7 +156,23 @@ def test_image_patches_are_crops_of_the_photograph():
         assert err.min() < 1e-5
 
 
+def test_image_patches_splits_hold_out_the_right_quarter():
+    import skimage.data
+
+    cam = torch.from_numpy(skimage.data.camera()).float() / 127.5 - 1  # 512 x 512: test columns are 384..511
+    windows = cam.unfold(0, 8, 1).unfold(1, 8, 1)
+    for split, inside in (("test", lambda c: c >= 384), ("train", lambda c: c + 8 <= 384)):
+        for patch in image_patches("camera", 8, 3, generator=gen(7), split=split):
+            err = (windows - patch[0]).abs().flatten(2).amax(-1)
+            cols = (err < 1e-5).nonzero()[:, 1]
+            assert len(cols) and all(inside(int(c)) for c in cols)
+
+
 def test_image_patches_errors():
+    with pytest.raises(ValueError, match="valid: all, train, test"):
+        image_patches("camera", 8, 4, split="val")
+    with pytest.raises(ValueError, match="holdout must be in"):
+        image_patches("camera", 8, 4, split="test", holdout=1.5)
     with pytest.raises(ValueError, match="valid names are camera"):
         image_patches("lena", 8, 4)
     with pytest.raises(ValueError, match="size must be at most 303"):

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from diffusio.bench.peers import load_diffusers
 from diffusio.data import GaussianMixture
 from diffusio.interop import alphas_cumprod_from_config, reschedule, to_diffusers, to_k_diffusion
 from diffusio.model import Model
@@ -10,7 +11,9 @@ from diffusio.paths import EDM, DiscreteDDPM, LinearVP
 from diffusio.samplers import sample
 from diffusio.timesteps import get_timesteps
 
-diffusers = pytest.importorskip("diffusers")
+diffusers = load_diffusers()
+if diffusers is None:
+    pytest.skip("diffusers is not installed (the bench extra)", allow_module_level=True)
 
 
 @pytest.fixture(scope="module")

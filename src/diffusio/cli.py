@@ -16,6 +16,8 @@ BENCHES = {
     "overhead": "diffusio.bench.overhead",
     "solvers": "diffusio.bench.solvers",
     "sde-order": "diffusio.bench.sde_order",
+    "inverse": "diffusio.bench.inverse",
+    "guidance": "diffusio.bench.guidance",
 }
 
 
@@ -204,6 +206,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     so = sub.add_parser("solvers", help="list the registered samplers")
     so.set_defaults(fn=_cmd_solvers)
+
+    from .inverse.cli import add_inverse_parser
+
+    add_inverse_parser(sub)
 
     b = sub.add_parser("bench", help="benchmarks (write JSON, markdown and a plot to bench/results/)")
     b.add_argument("name", choices=sorted(BENCHES))

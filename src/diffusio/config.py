@@ -54,7 +54,7 @@ def _nets() -> dict[str, Callable[..., torch.nn.Module]]:
 
 
 NETS = ("mlp", "unet")
-DATA = ("toy", "digits", "images", "patches", "gmm")
+DATA = ("toy", "digits", "images", "patches", "phantoms", "gmm")
 
 
 def _pick(registry: dict, section: dict | str, what: str):
@@ -98,6 +98,12 @@ def build_data(section: dict):
 
         n, image, seed = spec.pop("n", 20000), spec.pop("image", "all"), spec.pop("seed", 0)
         return TensorSource(image_patches(image, n=n, generator=torch.Generator().manual_seed(seed), **spec))
+    if name == "phantoms":  # fresh procedural phantoms every batch (an infinite data set)
+        from .data.phantoms import random_phantoms
+
+        size = spec.pop("size", 32)
+        random_phantoms(1, size, **spec)  # validates the arguments early
+        return FunctionSource(lambda n, g: random_phantoms(n, size, generator=g, **spec), (1, size, size))
     raise ValueError(f"unknown data {name!r}; valid: {', '.join(DATA)}")
 
 
