@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from diffusio.bench import sde_order
 from diffusio.data import GaussianMixture
 from diffusio.paths import EDM, DiscreteDDPM, LinearVP
 from diffusio.samplers import SOLVERS, CountingModel, sample
@@ -171,6 +172,22 @@ def test_sde_variants_reduce_to_ode_and_reach_the_data(setup2d):
     assert torch.equal(run(1), run(1)) and not torch.allclose(run(1), run(2))
 
 
+@pytest.mark.parametrize("solver", ["euler_maruyama", "ddpm", "dpmpp_2m_sde", "dpmpp_3m_sde"])
+def test_sde_weak_order_on_gaussian_data(solver):
+    """Exact weak order (moments from the sampler's affine map, no Monte Carlo) matches the declared order."""
+    rows = sde_order.gaussian_weak_errors(solver, (64, 128, 256), **sde_order.OPTIONS[solver])
+    order = sde_order.measured_order(rows)
+    assert order is not None and abs(order - SOLVERS[solver].order) < 0.3, [r["err_m2"] for r in rows]
+
+
+def test_sde_weak_order_on_a_mixture():
+    """Monte Carlo weak errors on the 1-D two-mode mixture (nonlinear denoiser): DDPM first, 2M-SDE second order."""
+    for solver, steps in (("ddpm", (32, 64)), ("dpmpp_2m_sde", (16, 32))):
+        rows = sde_order.weak_errors(solver, steps, 100_000, **sde_order.OPTIONS[solver])
+        order = sde_order.measured_order(rows)
+        assert order is not None and abs(order - SOLVERS[solver].order) < 0.3, (solver, rows)
+
+
 def test_nfe_accounting(setup2d):
     _, _, model, _, _ = setup2d
     stats = Statistics.trivial(model.path, (2,), n_grid=120)
@@ -300,7 +317,7 @@ def test_bad_input_errors(setup2d):
     _, path, model, x, _ = setup2d
     for name in ("dpmpp_3m", "unipc3", "ipndm", "dpm_solver_fast", "dpm_v3"):
         need = SOLVERS[name].min_steps
-        with pytest.raises(ValueError, match=rf"steps must be an integer >= {need} for solver '{name}'"):
+        with pytest.raises(ValueError, match=rf"steps must be an integer >= {need} for solver '{name}'.*lower-order"):
             sample(model, x, solver=name, steps=need - 1)
     ts = get_timesteps(path, 2, "logsnr")
     with pytest.raises(ValueError, match=r"steps must be >= 3 for dpmpp_3m \(got steps=2\)"):
@@ -311,7 +328,7 @@ def test_bad_input_errors(setup2d):
     for fn in (sample_dpmpp_2m, sample_unipc, sample_dpm_solver, sample_evodiff):
         with pytest.raises(ValueError, match="strictly decreasing"):
             fn(model, x, bad)
-    with pytest.raises(ValueError, match="strictly decreasing"):
+    with pytest.raises(ValueError, match=r"strictly decreasing.*ts\[1\]=0.3 is not above ts\[2\]=0.5; pass distinct"):
         sample(model, x, solver="dpmpp_2m", grid=bad)
     with pytest.raises(ValueError, match="variant must be one of"):
         sample(model, x, solver="dpmpp_3m", steps=5, variant="midpoint")

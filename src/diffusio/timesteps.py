@@ -89,7 +89,8 @@ def check_grid(ts: Tensor, path: Path | None = None) -> Tensor:
         bad = int(torch.nonzero(ts[1:] >= ts[:-1])[0])
         raise ValueError(
             f"the time grid must be strictly decreasing (noise to data); ts[{bad}]={float(ts[bad]):g} "
-            f"is not above ts[{bad + 1}]={float(ts[bad + 1]):g}"
+            f"is not above ts[{bad + 1}]={float(ts[bad + 1]):g}; pass distinct times from t_max (noise) down to t_min "
+            "(data), e.g. a named grid (grid='logsnr') or torch.sort(ts, descending=True).values without repeats"
         )
     if path is not None:
         path.check_t(ts, "the time grid")

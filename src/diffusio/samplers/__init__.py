@@ -153,23 +153,25 @@ for _s in (
         min_steps=3,
         summary="DPM-Solver++(3M) with the official phi_3 coefficient (LuChengTHU, diffusers, k-diffusion): order 2",
     ),
+    # SDE weak orders: 2 for both multistep SDE solvers (bench/results/sde_order.md: exact moments on Gaussian data,
+    # Monte Carlo on a mixture); the third-order extrapolation does not lift 3M-SDE past 2 once noise is injected
     Solver(
         "dpmpp_2m_sde",
         sample_dpmpp_2m_sde,
-        1,
+        2,
         1,
         stochastic=True,
         min_steps=2,
-        summary="SDE-DPM-Solver++(2M) (eta scales the noise; eta=0 is dpmpp_2m)",
+        summary="SDE-DPM-Solver++(2M), weak order 2 (eta scales the noise; eta=0 is dpmpp_2m)",
     ),
     Solver(
         "dpmpp_3m_sde",
         sample_dpmpp_3m_sde,
-        1,
+        2,
         1,
         stochastic=True,
         min_steps=3,
-        summary="third-order multistep SDE-DPM-Solver++ (eta=0 is dpmpp_3m)",
+        summary="multistep SDE-DPM-Solver++ with the 3M extrapolation: weak order 2 (eta=0 is dpmpp_3m, order 3)",
     ),
     Solver("unipc", sample_unipc, 3, 1, min_steps=2, summary="UniPC-2 (UniP-2 + UniC, bh2): order 3, 1 call/step"),
     Solver(
@@ -256,7 +258,8 @@ def sample(
     if not isinstance(model, ModelBase):
         raise TypeError(f"model must be a diffusio Model (ModelBase), got {type(model).__name__}")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < spec.min_steps:
-        raise ValueError(f"steps must be an integer >= {spec.min_steps} for solver {solver!r}, got {steps!r}")
+        lower = "; pass more steps or a lower-order solver (e.g. 'ddim', 1 call per step)" if spec.min_steps > 1 else ""
+        raise ValueError(f"steps must be an integer >= {spec.min_steps} for solver {solver!r}, got {steps!r}{lower}")
     path = model.path
     ts = (
         get_timesteps(path, steps, spec.default_grid if grid is None else grid, t_min=t_min, t_max=t_max)
