@@ -20,8 +20,31 @@ BASELINES = ("euler", "heun", "ddim", "ddpm", "euler_maruyama")
 STEPS = (5, 10, 20, 50)
 
 
-def _train(name: str, out: Path, steps: int | None) -> tuple[torch.nn.Module, dict, float]:
+# The demo trains smaller versions of the bundled configs so that `make demo` fits in 5 minutes on 2 CPU cores
+# (single-thread CPU time per training step: moons 9 ms instead of 42 ms, digits 60 ms instead of 151 ms). Measured
+# with one thread: moons heun-20 sliced W2 0.035 (the bundled 256x4 net at batch 512 scored 0.054); digits heun-20
+# Fréchet distance 13.7 and classifier confidence 0.99 on 1000 samples. The bundled configs stay the benchmarks' priors.
+DEMO_OVERRIDES: dict[str, dict] = {
+    "moons": {"net": {"name": "mlp", "hidden": 128, "depth": 3}, "train": {"batch_size": 256}},
+    "digits": {
+        "net": {"name": "unet", "channels": [16, 32], "num_res_blocks": 1, "time_dim": 32},
+        "train": {"steps": 1500, "batch_size": 128},
+    },
+}
+
+
+def demo_config(name: str) -> dict:
+    """The bundled config ``name`` with the demo's overrides (whole ``net`` section; ``train`` keys merged)."""
     cfg = packaged_config(name)
+    over = DEMO_OVERRIDES.get(name, {})
+    if "net" in over:
+        cfg["net"] = dict(over["net"])
+    cfg["train"] = {**cfg.get("train", {}), **over.get("train", {})}
+    return cfg
+
+
+def _train(name: str, out: Path, steps: int | None) -> tuple[torch.nn.Module, dict, float]:
+    cfg = demo_config(name)
     t0 = time.perf_counter()
     run_training(cfg, out, steps=steps)
     model, cfg = load_model(out / "model.safetensors")
@@ -85,6 +108,7 @@ def run_demo(out: Path, fast: bool = False, log=print) -> dict:
             "metric": metric,
             "data_floor": floor,
             "train_steps": cfg["train"]["steps"],
+            "net": cfg["net"],
             "rows": rows,
         }
     results["total_seconds"] = time.perf_counter() - t_start
@@ -110,6 +134,10 @@ def _pictures(model, cfg, key: str, out: Path, log) -> None:
     log(f"[{key}] pictures written")
 
 
+def _net_text(net: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in net.items())
+
+
 def _report(res: dict) -> str:
     lines = ["# diffusio demo report", ""]
     if res["fast"]:
@@ -119,7 +147,8 @@ def _report(res: dict) -> str:
         lines += [
             f"## {m['config']} ({key})",
             "",
-            f"Trained {m['train_steps']} steps in {m['train_seconds']:.0f} s. Metric: **{m['metric']}** "
+            f"Trained {m['train_steps']} steps in {m['train_seconds']:.0f} s (net: {_net_text(m['net'])}). "
+            f"Metric: **{m['metric']}** "
             f"(lower is better); two independent draws of real data of the same size score {m['data_floor']:.4f}.",
             "",
             "| solver | steps | NFE | "

@@ -64,7 +64,7 @@ def save_scatter(
         ax.set_xlim(-lim, lim)
         ax.set_ylim(-lim, lim)
         ax.set_aspect("equal")
-        ax.set_title(f"{title} {name}".strip())
+        ax.set_title(f"{title} {name}".strip() if name == "samples" else "data")
         ax.set_xticks([])
         ax.set_yticks([])
     fig.tight_layout()

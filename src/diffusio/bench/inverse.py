@@ -9,7 +9,8 @@
    phantom volume in sparse-view CT; PSNR of the volume and of its x-z reslices (along the third axis).
 
 Writes ``inverse.json``, ``inverse.md``, ``inverse.png`` and example grids to ``bench/results/``. Train the priors
-first: ``diffusio train digits --out runs/digits`` and ``diffusio train phantoms --out runs/phantoms``.
+first: ``diffusio train digits --out runs/digits``, ``diffusio train patches --out runs/patches`` and
+``diffusio train phantoms --out runs/phantoms``.
 """
 
 from __future__ import annotations
@@ -290,6 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="diffusio bench inverse", description=__doc__.split("\n")[0])
     p.add_argument("--digits", default="runs/digits/model.safetensors")
     p.add_argument("--phantoms", default="runs/phantoms/model.safetensors")
+    p.add_argument("--patches", default="runs/patches/model.safetensors", help="photograph-patch prior (held-out)")
     p.add_argument("--n", type=int, default=8, help="held-out images per task")
     p.add_argument("--noise", type=float, default=0.05)
     p.add_argument("--seed", type=int, default=0)
@@ -306,7 +308,11 @@ def main(argv: list[str] | None = None) -> int:
     dinv = None if args.no_peers else import_deepinv()
     peer_steps = {"deepinv_dps": METHOD_DEFAULTS["dps"]["steps"], "deepinv_diffpir": METHOD_DEFAULTS["pigdm"]["steps"]}
     exact = [] if "exact" in args.skip else exact_section(args.exact_samples, args.seed)
-    priors = {"digits": (args.digits, ("inpaint", "sr", "deblur")), "phantoms": (args.phantoms, ("mri", "ct"))}
+    priors = {
+        "digits": (args.digits, ("inpaint", "sr", "deblur")),
+        "patches": (args.patches, ("inpaint", "deblur")),
+        "phantoms": (args.phantoms, ("mri", "ct")),
+    }
     images = (
         [] if "images" in args.skip else image_section(priors, args.n, args.noise, args.seed, dinv, out, peer_steps)
     )
