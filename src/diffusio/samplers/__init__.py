@@ -17,6 +17,8 @@ from ..model import ModelBase, ModelWrapper
 from ..timesteps import get_timesteps
 from .adaptive import odeint, sample_adaptive
 from .base import Callback, Step
+from .mrs import sample_mrs, sample_mrs_sde  # noqa: I001 (flowmap below imports samplers.base)
+from ..flowmap import sample_flowmap
 from .ode import sample_ddim, sample_euler, sample_heun
 from .sde import sample_ddpm, sample_euler_maruyama
 
@@ -36,6 +38,8 @@ __all__ = [
     "sample_euler",
     "sample_euler_maruyama",
     "sample_heun",
+    "sample_mrs",
+    "sample_mrs_sde",
 ]
 
 
@@ -95,6 +99,9 @@ for _s in (
         summary="Euler-Maruyama on the reverse SDE (eta scales the noise)",
     ),
     Solver("adaptive", sample_adaptive, 5, None, summary="Dormand-Prince 5(4) with error control (reference)"),
+    Solver("mrs", sample_mrs, 2, 1, summary="MRS-ODE multistep (order 1-3, data or noise form; = DPM-Solver++)"),
+    Solver("mrs_sde", sample_mrs_sde, 2, 1, stochastic=True, summary="MRS-SDE (order 1-2, data or noise form)"),
+    Solver("flowmap", sample_flowmap, 1, 1, default_grid="uniform", summary="jumps of a learned flow map (1-4 steps)"),
 ):
     register_solver(_s)
 
