@@ -16,8 +16,8 @@ from pathlib import Path as FsPath
 import torch
 import yaml
 
-from . import losses, mrsde, paths, pfgmpp
 from . import interpolants as si
+from . import losses, mrsde, paths, pfgmpp
 from .data.sources import FunctionSource, TensorSource
 from .io import load_safetensors
 from .model import EDMPrecond, Model
@@ -57,9 +57,7 @@ WEIGHTINGS = {"uniform": losses.UniformWeight, "min_snr": losses.MinSNR, "edm": 
 
 
 def _nets() -> dict[str, Callable[..., torch.nn.Module]]:
-    from .nets import MLP, UNet
-
-    from .nets import FlowMapMLP
+    from .nets import MLP, FlowMapMLP, UNet
 
     return {"mlp": MLP, "unet": UNet, "flowmap_mlp": FlowMapMLP}
 
@@ -258,7 +256,8 @@ def _build_mr_model(config: dict, data_shape, num_classes) -> mrsde.MRModel:
     if net_cfg.get("name") == "mlp":  # the condition is concatenated: twice the input features
         net = FlattenNet(build_net({**net_cfg, "dim": 2 * dim, "out_dim": dim}, (2 * dim,), None, seed), data_shape)
     else:
-        net = build_net({**net_cfg, "in_channels": 2 * data_shape[0], "out_channels": data_shape[0]}, data_shape, None, seed)
+        channels = {"in_channels": 2 * data_shape[0], "out_channels": data_shape[0]}
+        net = build_net({**net_cfg, **channels}, data_shape, None, seed)
     return mrsde.MRModel(net, path, config.get("model", {}).get("prediction", "x0"))
 
 

@@ -116,6 +116,7 @@ def generate_family(model, cfg: dict, n: int, *, solver: str, steps: int, seed: 
         clean = build_data(clean_cfg).x[:n]
         mu = _pick(DEGRADATIONS, data.get("degrade", "noise"), "degradation")(clean, g)
         x, nfe = restore(model, mu, solver=solver, steps=steps, generator=g, **options)
-        return x, nfe, {"psnr": float(psnr(x, clean).mean()), "psnr_degraded": float(psnr(mu.clamp(-1, 1), clean).mean())}
+        scores = {"psnr": float(psnr(x, clean).mean()), "psnr_degraded": float(psnr(mu.clamp(-1, 1), clean).mean())}
+        return x, nfe, scores
     x, nfe = generate(model, tuple(cfg["data_shape"]), n, solver=solver, steps=steps, seed=seed, **options)
     return x, nfe, {}

@@ -29,8 +29,8 @@ from .paths import Path, broadcast
 
 __all__ = [
     "BrownianGamma",
-    "ConstantEpsilon",
     "Coefficient",
+    "ConstantEpsilon",
     "CosineDown",
     "FunctionCoefficient",
     "GaussianMixtureFields",
@@ -232,8 +232,9 @@ def _check_boundary(it: Interpolant) -> None:
         got = getattr(it, name).value(ends)
         if not (abs(float(got[0]) - v0) < 1e-6 and abs(float(got[1]) - v1) < 1e-6):
             raise ValueError(
-                f"interpolant coefficient {name} must satisfy {name}(0) = {v0:g} and {name}(1) = {v1:g} (so that x_t is "
-                f"x_0 at t = 0 and x_1 at t = 1); got {name}(0) = {float(got[0]):.6g}, {name}(1) = {float(got[1]):.6g}"
+                f"interpolant coefficient {name} must satisfy {name}(0) = {v0:g} and {name}(1) = {v1:g} (so that x_t "
+                f"is x_0 at t = 0 and x_1 at t = 1); got {name}(0) = {float(got[0]):.6g}, "
+                f"{name}(1) = {float(got[1]):.6g}"
             )
     t = torch.linspace(0.02, 0.98, 49, dtype=_F64)
     g = it.gamma.value(t)

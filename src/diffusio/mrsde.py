@@ -1,8 +1,9 @@
 """Mean-reverting diffusion (IR-SDE; Luo et al., ICML 2023) for image restoration, in the library's terms.
 
-The forward SDE dx = theta_t (mu - x) dt + sigma_t dW with sigma_t^2 = 2 lam^2 theta_t drifts a clean image x_0 towards
-its degraded version mu (the condition) while adding noise; x_t | x_0 ~ N(mu + alpha_t (x_0 - mu), lam^2 (1 - alpha_t^2))
-with alpha_t = exp(-thetabar_t), thetabar_t = int_0^t theta (Luo et al. Eq. 7-9). In the variable
+The forward SDE dx = theta_t (mu - x) dt + sigma_t dW with sigma_t^2 = 2 lam^2 theta_t drifts a clean image x_0
+towards its degraded version mu (the condition) while adding noise;
+x_t | x_0 ~ N(mu + alpha_t (x_0 - mu), lam^2 (1 - alpha_t^2)) with alpha_t = exp(-thetabar_t) and
+thetabar_t = int_0^t theta (Luo et al. Eq. 7-9). In the variable
 
     u = (x - mu) / lam:    u_t = alpha_t u_0 + sqrt(1 - alpha_t^2) eps,
 
@@ -210,7 +211,7 @@ class MRModel(ModelBase):
 
 # --- degradations and data ------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class add_noise:  # noqa: N801 - used like a function: add_noise(0.4)(x, generator)
+class add_noise:
     """Additive white Gaussian noise of std ``std`` (in the data's units)."""
 
     std: float = 0.4
@@ -220,7 +221,7 @@ class add_noise:  # noqa: N801 - used like a function: add_noise(0.4)(x, generat
 
 
 @dataclass(frozen=True)
-class gaussian_blur:  # noqa: N801
+class gaussian_blur:
     """Isotropic Gaussian blur (``width`` px std, ``size`` taps, reflect padding) plus optional noise ``std``."""
 
     width: float = 1.0

@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from ..flowmap import sample_flowmap  # imports samplers.base only, so this order is safe
 from ..model import ModelBase, ModelWrapper
 from ..timesteps import get_timesteps
 from .adaptive import odeint, sample_adaptive
 from .base import Callback, Step
-from .mrs import sample_mrs, sample_mrs_sde  # noqa: I001 (flowmap below imports samplers.base)
-from ..flowmap import sample_flowmap
+from .mrs import sample_mrs, sample_mrs_sde
 from .ode import sample_ddim, sample_euler, sample_heun
 from .sde import sample_ddpm, sample_euler_maruyama
 

@@ -154,7 +154,8 @@ def sample_mrs(
     ``mu`` goes in ``cond``).
     """
     _check(order, (1, 2, 3), "sample_mrs (ODE)")
-    return _run(model, x, ts, cond, callback, None, order, _form(form), False, 2.0 if taylor3 else 1.0, lower_order_final)
+    w3 = 2.0 if taylor3 else 1.0
+    return _run(model, x, ts, cond, callback, None, order, _form(form), False, w3, lower_order_final)
 
 
 def sample_mrs_sde(
