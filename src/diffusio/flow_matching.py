@@ -106,6 +106,7 @@ def reflow_pairs(
     grid: str = "uniform",
     generator: torch.Generator | None = None,
     batch_size: int = 4096,
+    dtype: torch.dtype | None = None,
     **options,
 ) -> tuple[Tensor, Tensor]:
     """``n`` couplings (noise, sample) from ``model``'s probability-flow ODE (Liu et al. 2023, Alg. 1, step 2).
@@ -118,7 +119,7 @@ def reflow_pairs(
     scale = float(path.sigma(torch.tensor(t_max, dtype=torch.float64)))
     for i in range(0, n, batch_size):
         b = min(batch_size, n - i)
-        z = path.noise_sample((b, *shape), generator=generator) * scale
+        z = path.noise_sample((b, *shape), generator=generator, dtype=dtype) * scale
         x = sample(model, z.clone(), solver=solver, steps=steps, grid=grid, t_max=t_max, **options).x
         xs.append(x)
         zs.append(z)

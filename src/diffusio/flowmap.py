@@ -28,7 +28,7 @@ from .parametrization import convert
 from .paths import Path, broadcast
 from .samplers.base import Callback, Step, time_batch
 
-__all__ = ["FlowMapDistillation", "FlowMapModel", "sample_flowmap"]
+__all__ = ["EulerianTarget", "FlowMapDistillation", "FlowMapModel", "LagrangianTarget", "sample_flowmap"]
 
 
 class FlowMapModel(ModelBase):
@@ -78,20 +78,66 @@ def sample_flowmap(
     return x
 
 
+@dataclass(frozen=True)
+class EulerianTarget:
+    """sg(u + (s - t) dU/dt), dU/dt by a forward-mode JVP with tangent (u, 1, 0) in (x, t, s) (MeanFlow identity;
+    Geng et al. 2025, Eq. 8-10). One teacher call and one JVP per batch; the target bootstraps on the student."""
+
+    def __call__(self, loss: FlowMapDistillation, model: FlowMapModel, xt: Tensor, t: Tensor, s: Tensor, u: Tensor):
+        def fn(x, tt):
+            return model.average_velocity(x, tt, s)
+
+        with torch.no_grad():
+            _, dudt = torch.func.jvp(fn, (xt, t.to(xt.dtype)), (u, torch.ones_like(t, dtype=xt.dtype)))
+        return (u + broadcast(s - t, xt) * dudt).detach()
+
+
+@dataclass(frozen=True)
+class LagrangianTarget:
+    """(Phi(x_t) - x_t)/(s - t) with Phi the teacher's ODE solution from t to s by ``steps`` Heun steps (per-sample
+    grids): direct regression on teacher trajectories (flow-map matching; Boffi et al. 2025, "Lagrangian"
+    distillation). 2 * ``steps`` teacher calls per batch, no bootstrapping; s = t gives the teacher's u."""
+
+    steps: int = 8
+
+    def __post_init__(self):
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+            raise ValueError(f"LagrangianTarget: steps must be an integer >= 1; got {self.steps!r}")
+
+    @torch.no_grad()
+    def __call__(self, loss: FlowMapDistillation, model: FlowMapModel, xt: Tensor, t: Tensor, s: Tensor, u: Tensor):
+        if loss.teacher is None:
+            raise ValueError("LagrangianTarget needs a teacher model (FlowMapDistillation(teacher=...))")
+        h = (s - t) / self.steps
+        x, tau, d = xt, t, u
+        for k in range(self.steps):
+            x_e = x + broadcast(h, x) * d
+            d2 = loss.teacher.predict(x_e, tau + h, "velocity").to(x.dtype)
+            x = x + broadcast(h / 2, x) * (d + d2)
+            tau = tau + h
+            if k + 1 < self.steps:
+                d = loss.teacher.predict(x, tau, "velocity").to(x.dtype)
+        gap = (s - t).to(x.dtype)
+        jump = (x - xt) / broadcast(torch.where(gap == 0, torch.ones_like(gap), gap), x)
+        return torch.where((gap == 0).reshape(-1, *[1] * (x.ndim - 1)), u, jump)
+
+
 @dataclass
 class FlowMapDistillation:
-    """Flow-map distillation loss: || U(x_t, t, s) - sg(u + (s - t) dU/dt) ||^2 (MeanFlow identity, teacher u).
+    """Flow-map distillation loss: || U(x_t, t, s) - sg(target) ||^2 with ``target`` :class:`EulerianTarget`
+    (MeanFlow identity with the teacher's u; default) or :class:`LagrangianTarget` (teacher ODE solves).
 
     x_t = path.perturb(x0, eps, t) with t, s drawn from ``density`` (two draws sorted so s <= t); a fraction
     ``1 - p_jump`` of the pairs has s = t (plain velocity matching). ``teacher`` is a trained Model on the same path
-    (``None``: the conditional velocity, i.e. MeanFlow from data). ``draw``/``__call__`` follow DiffusionLoss;
-    ``t`` is ``(B, 2)`` holding (t, s). Per-sample losses ``(B,)``, weighted by sg(1/(err + c)^p) (MeanFlow's
-    adaptive weight; p = 0 is the plain squared error).
+    (``None``: the conditional velocity, i.e. MeanFlow from data; Eulerian only). ``draw``/``__call__`` follow
+    DiffusionLoss; ``t`` is ``(B, 2)`` holding (t, s). Per-sample losses ``(B,)``, weighted by sg(1/(err + c)^p)
+    (MeanFlow's adaptive weight; p = 0 is the plain squared error).
     """
 
     teacher: ModelBase | None = None
     density: UniformTime | LogitNormal = field(default_factory=UniformTime)
     p_jump: float = 0.5
+    target: EulerianTarget | LagrangianTarget = field(default_factory=EulerianTarget)
     adaptive_p: float = 1.0
     adaptive_c: float = 1e-3
 
@@ -113,28 +159,18 @@ class FlowMapDistillation:
         return torch.stack([t, s], 1), noise
 
     def velocity(self, path: Path, x0: Tensor, noise: Tensor, xt: Tensor, t: Tensor) -> Tensor:
-        """The velocity in the identity: the teacher's u(x_t, t), or alpha' x0 + sigma' eps without a teacher."""
+        """The velocity at (x_t, t): the teacher's u, or alpha' x0 + sigma' eps without a teacher."""
         if self.teacher is None:
             return broadcast(path.d_alpha(t), x0) * x0 + broadcast(path.d_sigma(t), x0) * noise
         with torch.no_grad():
             return self.teacher.predict(xt, t, "velocity").to(xt.dtype)
-
-    def target(self, model: FlowMapModel, xt: Tensor, t: Tensor, s: Tensor, u: Tensor) -> Tensor:
-        """sg(u + (s - t) dU/dt) with dU/dt from a forward-mode JVP, tangent (u, 1, 0) in (x, t, s)."""
-
-        def fn(x, tt):
-            return model.average_velocity(x, tt, s)
-
-        with torch.no_grad():
-            _, dudt = torch.func.jvp(fn, (xt, t.to(xt.dtype)), (u, torch.ones_like(t, dtype=xt.dtype)))
-        return (u + broadcast(s - t, xt) * dudt).detach()
 
     def __call__(self, model: FlowMapModel, x0: Tensor, ts: Tensor, noise: Tensor, cond: dict | None = None):
         path = model.path
         t, s = ts[:, 0], ts[:, 1]
         xt = path.perturb(x0, noise, t)
         u = self.velocity(path, x0, noise, xt, t)
-        tgt = self.target(model, xt, t, s, u)
+        tgt = self.target(self, model, xt, t, s, u)
         pred = model.average_velocity(xt, t.to(xt.dtype), s.to(xt.dtype))
         err = (pred - tgt).pow(2).flatten(1).mean(1)
         # MeanFlow's adaptive weight 1/(err + c)^p (stop-gradient): a robust loss that tames the bootstrapped target

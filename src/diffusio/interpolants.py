@@ -372,24 +372,31 @@ class GaussianMixtureFields:
         self.interpolant, self.rho0, self.rho1, self.D = interpolant, rho0, rho1, rho0.D
 
     @staticmethod
-    def _covs(g: GaussianMixture) -> Tensor:
+    def _covs(g: GaussianMixture, diagonal: bool) -> Tensor:
+        """Component covariances: ``(K, D)`` diagonals when ``diagonal``, else ``(K, D, D)``."""
+        if diagonal:
+            return g.evals
         e = torch.diag_embed(g.evals)
         return e if g.U is None else g.U @ e @ g.U.mT
 
     def _pairs(self, x: Tensor, t: Tensor):
+        """Posterior pair weights ``(B, K0, K1, 1)``, S^-1 (x - m) ``(B, K0, K1, D)`` and the covariances."""
         it = self.interpolant
+        diag = self.rho0.U is None and self.rho1.U is None  # then every S is diagonal: no linear solves
         a, b, g = (c.value(t)[:, None, None, None] for c in (it.a, it.b, it.gamma))
-        C0, C1 = self._covs(self.rho0)[None, :, None], self._covs(self.rho1)[None, None, :]  # (1, K0, 1, D, D) ...
-        eye = torch.eye(self.D, dtype=_F64)
-        S = a[..., None] ** 2 * C0 + b[..., None] ** 2 * C1 + (g[..., None] ** 2) * eye  # (B, K0, K1, D, D)
+        c0, c1 = self._covs(self.rho0, diag)[None, :, None], self._covs(self.rho1, diag)[None, None, :]
         m = a * self.rho0.means[None, :, None] + b * self.rho1.means[None, None, :]  # (B, K0, K1, D)
         r = x[:, None, None, :] - m
-        sol = torch.linalg.solve(S, r.unsqueeze(-1)).squeeze(-1)  # S^-1 (x - m)
-        logdet = torch.linalg.slogdet(S)[1]
+        if diag:
+            S = a**2 * c0 + b**2 * c1 + g**2  # (B, K0, K1, D)
+            sol, logdet = r / S, torch.log(S).sum(-1)
+        else:
+            S = a[..., None] ** 2 * c0 + b[..., None] ** 2 * c1 + g[..., None] ** 2 * torch.eye(self.D, dtype=_F64)
+            sol, logdet = torch.linalg.solve(S, r.unsqueeze(-1)).squeeze(-1), torch.linalg.slogdet(S)[1]
         lw = self.rho0.log_weights[None, :, None] + self.rho1.log_weights[None, None, :]
         logp = lw - 0.5 * (logdet + (r * sol).sum(-1) + self.D * math.log(2 * math.pi))
-        w = torch.softmax(logp.flatten(1), 1).reshape(logp.shape)[..., None]  # (B, K0, K1, 1)
-        return w, sol, C0, C1
+        w = torch.softmax(logp.flatten(1), 1).reshape(logp.shape)[..., None]
+        return w, sol, c0, c1
 
     def _prep(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         return x.reshape(x.shape[0], -1).to(_F64), as_time(t, x).to(_F64)
@@ -397,15 +404,20 @@ class GaussianMixtureFields:
     def velocity(self, x: Tensor, t: Tensor) -> Tensor:
         """Exact v(t, x) ``(B, ...)``."""
         xf, t = self._prep(x, t)
+        return self._velocity(*self._pairs(xf, t), t).reshape(x.shape)
+
+    def _velocity(self, w, sol, c0, c1, t) -> Tensor:
         it = self.interpolant
-        w, sol, C0, C1 = self._pairs(xf, t)
         a, b = (c.value(t)[:, None, None, None] for c in (it.a, it.b))
         da, db = (c.deriv(t)[:, None, None, None] for c in (it.a, it.b))
         ggd = it.gamma.gg_dot(t)[:, None, None, None]
         mean = da * self.rho0.means[None, :, None] + db * self.rho1.means[None, None, :]
-        gain = (a * da)[..., None] * C0 + (b * db)[..., None] * C1
-        v = mean + (gain @ sol.unsqueeze(-1)).squeeze(-1) + ggd * sol
-        return (w * v).sum((1, 2)).reshape(x.shape)
+        if c0.ndim == 4:  # diagonal covariances
+            v = mean + ((a * da) * c0 + (b * db) * c1) * sol + ggd * sol
+        else:
+            gain = (a * da)[..., None] * c0 + (b * db)[..., None] * c1
+            v = mean + (gain @ sol.unsqueeze(-1)).squeeze(-1) + ggd * sol
+        return (w * v).sum((1, 2))
 
     def score(self, x: Tensor, t: Tensor) -> Tensor:
         """Exact grad log rho(t, x) ``(B, ...)``."""
@@ -414,7 +426,10 @@ class GaussianMixtureFields:
         return -(w * sol).sum((1, 2)).reshape(x.shape)
 
     def velocity_and_score(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-        return self.velocity(x, t), self.score(x, t)
+        """(v, s) sharing one pass over the component pairs."""
+        xf, t = self._prep(x, t)
+        w, sol, c0, c1 = self._pairs(xf, t)
+        return self._velocity(w, sol, c0, c1, t).reshape(x.shape), -(w * sol).sum((1, 2)).reshape(x.shape)
 
     def eta(self, x: Tensor, t: Tensor) -> Tensor:
         """Exact E[z | x_t = x] = gamma S^-1 (x - m), mixed (two-sided)."""
