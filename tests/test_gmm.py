@@ -115,3 +115,11 @@ def test_gmm_errors():
         GaussianMixture(torch.zeros(2, 2), torch.ones(3))
     with pytest.raises(ValueError, match=r"x must have shape \(batch, 2\)"):
         GaussianMixture(torch.zeros(2, 2), 1.0).log_prob(torch.zeros(4, 3))
+
+
+def test_model_call_checks_time_range():
+    model = GaussianMixture(torch.zeros(1, 2), 1.0).as_model(LinearVP())
+    with pytest.raises(ValueError, match=r"t must lie in \[0, 1\]"):
+        model(torch.zeros(3, 2), 1.5)
+    with pytest.raises(ValueError, match=r"t must have shape \(batch,\) = \(3,\)"):
+        model(torch.zeros(3, 2), torch.ones(2))

@@ -15,6 +15,8 @@ __all__ = ["main"]
 BENCHES = {
     "overhead": "diffusio.bench.overhead",
     "solvers": "diffusio.bench.solvers",
+    "inverse": "diffusio.bench.inverse",
+    "guidance": "diffusio.bench.guidance",
 }
 
 
@@ -219,6 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     so = sub.add_parser("solvers", help="list the registered samplers")
     so.set_defaults(fn=_cmd_solvers)
+
+    from .inverse.cli import add_inverse_parser
+
+    add_inverse_parser(sub)
 
     b = sub.add_parser("bench", help="benchmarks (write JSON, markdown and a plot to bench/results/)")
     b.add_argument("name", choices=sorted(BENCHES))

@@ -63,7 +63,7 @@ def _nets() -> dict[str, Callable[..., torch.nn.Module]]:
 
 
 NETS = ("mlp", "unet", "flowmap_mlp")
-DATA = ("toy", "digits", "images", "patches", "gmm", "restoration")
+DATA = ("toy", "digits", "images", "patches", "phantoms", "gmm", "restoration")
 DEGRADATIONS = {"noise": mrsde.add_noise, "blur": mrsde.gaussian_blur}
 # stochastic-interpolant coefficients (paper time: a goes 1 -> 0, b goes 0 -> 1, gamma vanishes at both ends)
 A_COEFFS = {"linear": si.LinearDown, "cosine": si.CosineDown}
@@ -145,6 +145,12 @@ def build_data(section: dict):
         clean = build_data(spec.pop("clean", {"name": "digits", "labels": False}))
         degrade = _pick(DEGRADATIONS, spec.pop("degrade", "noise"), "degradation")
         return mrsde.RestorationSource(clean.x, degrade)
+    if name == "phantoms":  # fresh procedural phantoms every batch (an infinite data set)
+        from .data.phantoms import random_phantoms
+
+        size = spec.pop("size", 32)
+        random_phantoms(1, size, **spec)  # validates the arguments early
+        return FunctionSource(lambda n, g: random_phantoms(n, size, generator=g, **spec), (1, size, size))
     raise ValueError(f"unknown data {name!r}; valid: {', '.join(DATA)}")
 
 

@@ -41,18 +41,26 @@ class ModelBase(nn.Module):
         raise NotImplementedError
 
     def forward(self, x: Tensor, t: Tensor | float, **cond) -> Tensor:
-        """x0 prediction E[x0 | x_t = x]; ``x``: ``(batch, ...)``, ``t``: ``(batch,)`` or scalar."""
-        return self.predict(x, as_time(t, x), "x0", **cond)
+        """x0 prediction E[x0 | x_t = x]; ``x``: ``(batch, ...)``, ``t``: ``(batch,)`` or scalar.
+
+        The public calls check ``t`` against the path's domain; samplers call ``predict`` (no check, no sync).
+        """
+        return self.predict(x, self._time(t, x), "x0", **cond)
 
     def eps(self, x: Tensor, t: Tensor | float, **cond) -> Tensor:
-        return self.predict(x, as_time(t, x), "eps", **cond)
+        return self.predict(x, self._time(t, x), "eps", **cond)
 
     def score(self, x: Tensor, t: Tensor | float, **cond) -> Tensor:
-        return self.predict(x, as_time(t, x), "score", **cond)
+        return self.predict(x, self._time(t, x), "score", **cond)
 
     def velocity(self, x: Tensor, t: Tensor | float, **cond) -> Tensor:
         """The probability-flow ODE drift dx/dt."""
-        return self.predict(x, as_time(t, x), "velocity", **cond)
+        return self.predict(x, self._time(t, x), "velocity", **cond)
+
+    def _time(self, t: Tensor | float, x: Tensor) -> Tensor:
+        t = as_time(t, x)
+        self.path.check_t(t)
+        return t
 
 
 @dataclass
@@ -120,6 +128,13 @@ class Model(ModelBase):
     ) -> KDiffusionModel:
         """Wrap a k-diffusion/EDM denoiser ``D(x, sigma) -> x0`` (VE scale) as a Model on ``path`` (default EDM)."""
         return KDiffusionModel(denoiser, path or EDM())
+
+    @classmethod
+    def from_diffusers(cls, unet, scheduler) -> Model:
+        """Wrap a diffusers ``UNet2DModel`` and its scheduler (or config) on a ``DiscreteDDPM`` path (see interop)."""
+        from .interop import from_diffusers
+
+        return from_diffusers(unet, scheduler)
 
     def extra_repr(self) -> str:
         return f"path={self.path!r}, prediction={self.prediction!r}, precond={self.precond!r}"

@@ -10,10 +10,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["IMAGE_EXTENSIONS", "PATCH_SOURCES", "image_patches", "load_image_folder"]
+__all__ = ["IMAGE_EXTENSIONS", "PATCH_SOURCES", "PATCH_SPLITS", "image_patches", "load_image_folder"]
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 PATCH_SOURCES: tuple[str, ...] = ("camera", "astronaut", "coins", "moon", "all")
+PATCH_SPLITS: tuple[str, ...] = ("all", "train", "test")
 _PIL_MODES = {1: "L", 3: "RGB"}
 
 
@@ -42,9 +43,7 @@ def _load_one(path: Path, size: int, pil_mode: str) -> np.ndarray:
     return arr[..., None] if arr.ndim == 2 else arr
 
 
-def load_image_folder(
-    root: str | os.PathLike, size: int, channels: int = 3, max_images: int | None = None
-) -> Tensor:
+def load_image_folder(root: str | os.PathLike, size: int, channels: int = 3, max_images: int | None = None) -> Tensor:
     """Every image under ``root`` as ``(N, channels, size, size)`` float32 in [-1, 1], in sorted path order."""
     _check_size(size)
     if channels not in _PIL_MODES:
@@ -61,7 +60,7 @@ def load_image_folder(
     return torch.from_numpy(arr).permute(0, 3, 1, 2).float().div(127.5).sub(1.0).contiguous()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _gray_source(name: str) -> Tensor:
     """scikit-image's bundled photograph ``name`` as a grayscale ``(H, W)`` float32 tensor in [-1, 1]."""
     import skimage.color
@@ -75,35 +74,59 @@ def _gray_source(name: str) -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(img)).float().mul(2.0).sub(1.0)
 
 
-def _crops(img: Tensor, size: int, n: int, generator: torch.Generator | None) -> Tensor:
-    """``n`` random ``(size, size)`` crops of ``img`` ``(H, W)``, as ``(n, size, size)``."""
-    h, w = img.shape
+def _crops(img: Tensor, size: int, n: int, generator: torch.Generator | None, cols: tuple[int, int]) -> Tensor:
+    """``n`` random ``(size, size)`` crops of ``img`` ``(H, W)`` lying inside columns ``cols = (lo, hi)``."""
+    h = img.shape[0]
     top = torch.randint(0, h - size + 1, (n,), generator=generator)
-    left = torch.randint(0, w - size + 1, (n,), generator=generator)
+    left = torch.randint(cols[0], cols[1] - size + 1, (n,), generator=generator)
     ar = torch.arange(size)
     return img[(top[:, None] + ar)[:, :, None], (left[:, None] + ar)[:, None, :]]
 
 
-def image_patches(name: str, size: int, n: int, *, generator: torch.Generator | None = None) -> Tensor:
+def _columns(width: int, split: str, holdout: float) -> tuple[int, int]:
+    """The column range of ``split``: "test" is the right ``holdout`` fraction of the photograph, "train" the rest."""
+    cut = round(width * (1 - holdout))
+    return {"all": (0, width), "train": (0, cut), "test": (cut, width)}[split]
+
+
+def image_patches(
+    name: str,
+    size: int,
+    n: int,
+    *,
+    generator: torch.Generator | None = None,
+    split: str = "all",
+    holdout: float = 0.25,
+) -> Tensor:
     """``n`` random grayscale patches ``(n, 1, size, size)`` in [-1, 1] from scikit-image photograph ``name``.
 
     ``name`` is "camera", "astronaut" (grayscaled), "coins", "moon", or "all" (each patch picks one of the
-    four photographs uniformly). Crop positions come from ``generator``.
+    four photographs uniformly). Crop positions come from ``generator``. ``split`` holds out a region: "test"
+    patches lie entirely in the right ``holdout`` fraction of the columns of each photograph, "train" patches
+    entirely left of it (so no test pixel is ever seen in training), "all" anywhere.
     """
     if name not in PATCH_SOURCES:
         raise ValueError(f"unknown patch source name={name!r}; valid names are {', '.join(PATCH_SOURCES)}")
+    if split not in PATCH_SPLITS:
+        raise ValueError(f"unknown split={split!r}; valid: {', '.join(PATCH_SPLITS)}")
+    if not 0 < holdout < 1:
+        raise ValueError(f"holdout must be in (0, 1) (fraction of columns held out for testing); got {holdout}")
     _check_size(size)
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be a positive integer (number of patches); got n={n!r}")
     names = PATCH_SOURCES[:-1] if name == "all" else (name,)
     sources = [_gray_source(s) for s in names]
-    smallest = min(min(img.shape) for img in sources)
+    cols = [_columns(img.shape[1], split, holdout) for img in sources]
+    smallest = min(min(img.shape[0], hi - lo) for img, (lo, hi) in zip(sources, cols, strict=True))
     if size > smallest:
-        raise ValueError(f"size must be at most {smallest} for name={name!r} (smallest image side); got {size}")
+        raise ValueError(
+            f"size must be at most {smallest} for name={name!r}, split={split!r} (smallest side of the region); "
+            f"got {size}"
+        )
     which = torch.randint(0, len(sources), (n,), generator=generator)
     out = torch.empty(n, size, size)
     for k, img in enumerate(sources):
         idx = (which == k).nonzero().squeeze(1)
         if len(idx):
-            out[idx] = _crops(img, size, len(idx), generator)
+            out[idx] = _crops(img, size, len(idx), generator, cols[k])
     return out.unsqueeze(1)

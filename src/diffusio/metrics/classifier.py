@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from torch import Tensor, nn
 
 from ..data.digits import DIGIT_MODES, DIGIT_SIZES, load_digits
@@ -29,13 +31,13 @@ _MAX_NOISE = 0.3  # per-sample Gaussian noise std drawn uniformly in [0, _MAX_NO
 
 
 class DigitsClassifier(nn.Module):
-    """CNN for digit images ``(B, 1, size, size)`` in [-1, 1]: ``forward -> (B, 10)`` logits, ``features -> (B, 128)``.
+    """CNN for digit images ``(B, 1, size, size)`` in [-1, 1]: ``forward -> (B, 10)`` logits, ``features -> (B, 64)``.
 
     A 3x3 stem at full resolution, stride-2 3x3 convolutions (doubling the width up to 64) down to 4x4, a 3x3
     convolution, a linear layer to the ``feature_dim`` penultimate features and a linear head.
     """
 
-    def __init__(self, size: int = 8, mode: str = "pad", feature_dim: int = 128):
+    def __init__(self, size: int = 8, mode: str = "pad", feature_dim: int = 64):
         super().__init__()
         if size not in DIGIT_SIZES:
             raise ValueError(f"size must be one of {DIGIT_SIZES}; got size={size!r}")
@@ -122,6 +124,19 @@ def train_digits_classifier(size: int = 8, mode: str = "pad", progress: bool = T
     return model.eval()
 
 
+def _try_load(model: DigitsClassifier, path: Path) -> bool:
+    """Load cached weights into ``model``; False (retrain and overwrite) if the file is unreadable or stale."""
+    try:
+        tensors, meta = load_safetensors(path)
+        if (meta.get("size"), meta.get("mode"), meta.get("version")) != (model.size, model.mode, CLASSIFIER_VERSION):
+            return False
+        model.load_state_dict(tensors)
+    except (OSError, RuntimeError, ValueError, KeyError, SafetensorError) as err:
+        warnings.warn(f"ignoring unreadable digits-classifier cache {path}: {err}", stacklevel=3)
+        return False
+    return True
+
+
 def get_digits_classifier(
     size: int = 8, mode: str = "pad", cache_dir: str | os.PathLike | None = None, device: str | torch.device = "cpu"
 ) -> DigitsClassifier:
@@ -134,10 +149,7 @@ def get_digits_classifier(
         raise ValueError(f"mode must be one of {DIGIT_MODES}; got mode={mode!r}")
     model = DigitsClassifier(size, mode)
     path = _cache_path(Path(cache_dir) if cache_dir is not None else default_cache_dir(), size, mode)
-    if path.is_file():
-        tensors, _ = load_safetensors(path)
-        model.load_state_dict(tensors)
-    else:
+    if not (path.is_file() and _try_load(model, path)):
         model = train_digits_classifier(size, mode)
         meta = {"size": size, "mode": mode, "version": CLASSIFIER_VERSION, "seed": _SEED}
         save_safetensors(model.state_dict(), path, metadata=meta)

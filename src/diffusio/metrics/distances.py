@@ -66,13 +66,15 @@ def sliced_wasserstein(
         raise ValueError(f"n_projections must be >= 1; got {n_projections}")
     x, y = check_samples(x, y)
     theta = _random_directions(x.shape[1], n_projections, generator).to(x.device)
-    widths, ix, iy = _quantile_grid(x.shape[0], y.shape[0], x.device)
-    chunk = max(1, _CHUNK_ELEMENTS // max(x.shape[0], y.shape[0]))
+    n, m = x.shape[0], y.shape[0]
+    widths, ix, iy = _quantile_grid(n, m, x.device)
+    chunk = max(1, _CHUNK_ELEMENTS // max(n, m))
     total = x.new_zeros(())
     for th in theta.split(chunk, dim=1):
-        px, _ = torch.sort(x @ th, dim=0)
-        py, _ = torch.sort(y @ th, dim=0)
-        total += (widths[:, None] * (px[ix] - py[iy]) ** 2).sum()
+        px = torch.sort(th.T @ x.T, dim=1).values  # (chunk, N) sorted projections: empirical quantiles
+        py = torch.sort(th.T @ y.T, dim=1).values
+        sq = (px - py) ** 2 / n if n == m else widths * (px[:, ix] - py[:, iy]) ** 2
+        total += sq.sum()
     return float(torch.sqrt(total / n_projections))
 
 

@@ -42,7 +42,7 @@ def frechet_distance(feats_a: Tensor, feats_b: Tensor) -> float:
 
 @torch.no_grad()
 def classifier_features(images: Tensor, classifier: nn.Module, batch_size: int = 512) -> Tensor:
-    """Penultimate features ``(N, F)`` of ``images`` ``(N, 1, S, S)``, computed in batches on the classifier's device."""
+    """Penultimate features ``(N, F)`` of ``images`` ``(N, 1, S, S)``, batched on the classifier's device."""
     device = next(classifier.parameters()).device
     feats = [classifier.features(x.to(device, torch.float32)) for x in images.split(batch_size)]
     return torch.cat(feats).cpu()
@@ -55,7 +55,7 @@ def _probs(images: Tensor, classifier: nn.Module, batch_size: int = 512) -> Tens
 
 
 def digits_frechet_distance(samples: Tensor, reference: Tensor, classifier: nn.Module) -> float:
-    """Fréchet distance between classifier features of ``samples`` ``(N, 1, S, S)`` and ``reference`` ``(M, 1, S, S)``."""
+    """Fréchet distance between classifier features of ``samples`` ``(N, 1, S, S)`` and ``reference`` ``(M, ...)``."""
     return frechet_distance(classifier_features(samples, classifier), classifier_features(reference, classifier))
 
 

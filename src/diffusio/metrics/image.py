@@ -32,7 +32,13 @@ def _gaussian_window(size: int, sigma: float, channels: int, device: torch.devic
 
 
 def ssim(
-    x: Tensor, y: Tensor, data_range: float = 2.0, win_size: int = 11, sigma: float = 1.5, k1: float = 0.01, k2: float = 0.03
+    x: Tensor,
+    y: Tensor,
+    data_range: float = 2.0,
+    win_size: int = 11,
+    sigma: float = 1.5,
+    k1: float = 0.01,
+    k2: float = 0.03,
 ) -> Tensor:
     """Structural similarity ``(B,)`` of images ``x`` and ``y`` ``(B, C, H, W)``: mean SSIM map over C, H, W.
 

@@ -1,6 +1,8 @@
-"""A small U-Net (DDPM/ADM layout) for 8x8 to 32x32 images, sized to train and sample on a CPU."""
+"""A small U-Net (ADM-style ResBlocks, one skip per level) for 8x8 to 32x32 images, sized for CPUs."""
 
 from __future__ import annotations
+
+import itertools
 
 import torch
 import torch.nn.functional as F
@@ -109,14 +111,17 @@ class UNet(nn.Module):
         self.cond = ConditionEmbedding(time_dim, num_classes)
         self.conv_in = nn.Conv2d(in_channels, ch[0], 3, padding=1)
         self.enc = nn.ModuleList(_Stage(c, c, n, time_dim, i in attention_levels, dropout) for i, c in zip(levels, ch))
-        self.downs = nn.ModuleList(Downsample(a, b) for a, b in zip(ch[:-1], ch[1:]))
-        self.mid = nn.ModuleList([ResBlock(ch[-1], ch[-1], time_dim, dropout), Attention(ch[-1])])
-        self.mid_out = ResBlock(ch[-1], ch[-1], time_dim, dropout)
-        self.ups = nn.ModuleList(Upsample(b, a) for a, b in zip(ch[:-1], ch[1:]))
+        self.downs = nn.ModuleList(Downsample(a, b) for a, b in itertools.pairwise(ch))
+        self.mid_block1 = ResBlock(ch[-1], ch[-1], time_dim, dropout)
+        self.mid_attn = Attention(ch[-1])
+        self.mid_block2 = ResBlock(ch[-1], ch[-1], time_dim, dropout)
+        self.ups = nn.ModuleList(Upsample(b, a) for a, b in itertools.pairwise(ch))
         self.dec = nn.ModuleList(
             _Stage(2 * c, c, n, time_dim, i in attention_levels, dropout) for i, c in zip(levels, ch)
         )
-        self.out = nn.Sequential(group_norm(ch[0]), nn.SiLU(), zero_module(nn.Conv2d(ch[0], self.out_channels, 3, padding=1)))
+        self.out = nn.Sequential(
+            group_norm(ch[0]), nn.SiLU(), zero_module(nn.Conv2d(ch[0], self.out_channels, 3, padding=1))
+        )
 
     @staticmethod
     def _check_config(in_channels, channels, num_res_blocks, attention_levels) -> None:
@@ -147,7 +152,7 @@ class UNet(nn.Module):
             skips.append(h)
             if level < len(self.downs):
                 h = self.downs[level](h)
-        h = self.mid_out(self.mid[1](self.mid[0](h, emb)), emb)
+        h = self.mid_block2(self.mid_attn(self.mid_block1(h, emb)), emb)
         for level in reversed(range(len(self.dec))):
             if level < len(self.ups):
                 h = self.ups[level](h)

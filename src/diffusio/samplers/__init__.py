@@ -9,6 +9,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 from torch import Tensor
@@ -19,8 +20,21 @@ from ..timesteps import get_timesteps
 from .adaptive import odeint, sample_adaptive
 from .base import Callback, Step
 from .mrs import sample_mrs, sample_mrs_sde
+from .dpm import (
+    sample_dpm_solver,
+    sample_dpm_solver_fast,
+    sample_dpmpp_2m,
+    sample_dpmpp_2m_sde,
+    sample_dpmpp_2s,
+    sample_dpmpp_3m,
+    sample_dpmpp_3m_sde,
+    sample_ipndm,
+)
+from .dpm_v3 import sample_dpm_v3
+from .evodiff import sample_evodiff
 from .ode import sample_ddim, sample_euler, sample_heun
 from .sde import sample_ddpm, sample_euler_maruyama
+from .unipc import sample_unipc
 
 __all__ = [
     "SOLVERS",
@@ -35,11 +49,22 @@ __all__ = [
     "sample_adaptive",
     "sample_ddim",
     "sample_ddpm",
+    "sample_dpm_solver",
+    "sample_dpm_solver_fast",
+    "sample_dpm_v3",
+    "sample_dpmpp_2m",
+    "sample_dpmpp_2m_sde",
+    "sample_dpmpp_2s",
+    "sample_dpmpp_3m",
+    "sample_dpmpp_3m_sde",
     "sample_euler",
     "sample_euler_maruyama",
+    "sample_evodiff",
     "sample_heun",
     "sample_mrs",
     "sample_mrs_sde",
+    "sample_ipndm",
+    "sample_unipc",
 ]
 
 
@@ -57,6 +82,7 @@ class Solver:
     default_grid: str = "logsnr"
     summary: str = ""
     extra_calls: int = 0  # calls outside the per-step count (e.g. a warm-up)
+    needs: tuple[str, ...] = ()  # options without a usable default that a caller must supply (e.g. "statistics")
 
     def nfe(self, steps: int) -> int | None:
         """Model calls for ``steps`` steps (None for adaptive solvers)."""
@@ -65,6 +91,8 @@ class Solver:
     def options(self) -> list[str]:
         """The keyword options this solver accepts beyond (model, x, ts, cond, callback, generator)."""
         skip = {"model", "x", "ts", "cond", "callback", "generator"}
+        if isinstance(self.fn, partial):  # options fixed by the registry entry (e.g. order) are not options
+            skip |= set(self.fn.keywords)
         return [p for p in inspect.signature(self.fn).parameters if p not in skip]
 
 
@@ -102,6 +130,81 @@ for _s in (
     Solver("mrs", sample_mrs, 2, 1, summary="MRS-ODE multistep (order 1-3, data or noise form; = DPM-Solver++)"),
     Solver("mrs_sde", sample_mrs_sde, 2, 1, stochastic=True, summary="MRS-SDE (order 1-2, data or noise form)"),
     Solver("flowmap", sample_flowmap, 1, 1, default_grid="uniform", summary="jumps of a learned flow map (1-4 steps)"),
+    # exponential integrators in log-SNR (samplers/dpm.py, samplers/unipc.py)
+    Solver("dpm_solver_1", partial(sample_dpm_solver, order=1), 1, 1, summary="DPM-Solver-1 (noise form; = DDIM)"),
+    Solver("dpm_solver_2", partial(sample_dpm_solver, order=2), 2, 2, summary="singlestep DPM-Solver-2 (noise form)"),
+    Solver("dpm_solver_3", partial(sample_dpm_solver, order=3), 3, 3, summary="singlestep DPM-Solver-3 (noise form)"),
+    Solver(
+        "dpm_solver_fast",
+        sample_dpm_solver_fast,
+        3,
+        1,
+        min_steps=3,
+        summary="DPM-Solver-fast: singlestep orders 3,..,3,2,1 within a budget of `steps` model calls",
+    ),
+    Solver("dpmpp_2s", sample_dpmpp_2s, 2, 2, summary="DPM-Solver++(2S), singlestep data form"),
+    Solver("dpmpp_2m", sample_dpmpp_2m, 2, 1, min_steps=2, summary="DPM-Solver++(2M), multistep data form"),
+    Solver(
+        "dpmpp_3m",
+        sample_dpmpp_3m,
+        3,
+        1,
+        min_steps=3,
+        summary="DPM-Solver++(3M); variant='official' is the peers' (global order 2) coefficient",
+    ),
+    Solver(
+        "dpmpp_3m_official",
+        partial(sample_dpmpp_3m, variant="official"),
+        2,
+        1,
+        min_steps=3,
+        summary="DPM-Solver++(3M) with the official phi_3 coefficient (LuChengTHU, diffusers, k-diffusion): order 2",
+    ),
+    Solver(
+        "dpmpp_2m_sde",
+        sample_dpmpp_2m_sde,
+        1,
+        1,
+        stochastic=True,
+        min_steps=2,
+        summary="SDE-DPM-Solver++(2M) (eta scales the noise; eta=0 is dpmpp_2m)",
+    ),
+    Solver(
+        "dpmpp_3m_sde",
+        sample_dpmpp_3m_sde,
+        1,
+        1,
+        stochastic=True,
+        min_steps=3,
+        summary="third-order multistep SDE-DPM-Solver++ (eta=0 is dpmpp_3m)",
+    ),
+    Solver("unipc", sample_unipc, 3, 1, min_steps=2, summary="UniPC-2 (UniP-2 + UniC, bh2): order 3, 1 call/step"),
+    Solver(
+        "unipc3",
+        partial(sample_unipc, order=3),
+        4,
+        1,
+        min_steps=3,
+        summary="UniPC-3 (UniP-3 + UniC): order 4, 1 call/step",
+    ),
+    Solver(
+        "dpm_v3",
+        sample_dpm_v3,
+        3,
+        1,
+        min_steps=3,
+        summary="DPM-Solver-v3 with empirical model statistics (needs statistics: samplers.dpm_v3.statistics_for)",
+        needs=("statistics",),
+    ),
+    Solver(
+        "evodiff",
+        sample_evodiff,
+        1,
+        1,
+        min_steps=2,
+        summary="EVODiff (variance-optimised multistep; claimed order 2, measured 1 with the official constants)",
+    ),
+    Solver("ipndm", sample_ipndm, 4, 1, min_steps=4, summary="iPNDM: variable-step Adams-Bashforth-4 in sigma/alpha"),
 ):
     register_solver(_s)
 

@@ -1,0 +1,3 @@
+from diffusio.bench.solvers import main
+
+main()
