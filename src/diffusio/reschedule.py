@@ -6,6 +6,9 @@ Models", Sec. 4; Karras et al. 2022, Sec. 3): if x' = alpha_new(t') x0 + sigma_n
 lambda_old(t) = lambda_new(t'), then x = x' alpha_old(t) / alpha_new(t') = alpha_old(t) x0 + sigma_old(t) eps is a
 point of the old path with the same (x0, eps). So E[x0 | x'] = E[x0 | x] and the x0 prediction is shared; every
 other head follows from the conversion hub on the new path.
+
+This is the library's one implementation of the conversion; ``diffusio.interop.reschedule`` is ``Rescheduled(...,
+clamp=True)``.
 """
 
 from __future__ import annotations
@@ -21,17 +24,21 @@ __all__ = ["Rescheduled"]
 
 
 class Rescheduled(ModelWrapper):
-    """``Rescheduled(model, path)``: ``model`` (trained on ``model.path``) seen as a model on ``path``.
+    """``Rescheduled(model, path, clamp=False)``: ``model`` (trained on ``model.path``) seen as a model on ``path``.
 
     ``predict(x', t', kind)``: t = old.t_of_log_snr(new.log_snr(t')), x = x' alpha_old(t)/alpha_new(t'),
     x0 = model(x, t), then the ``kind`` head on the new path. Samplers, grids and priors use the new path.
+    Noise levels the old path does not reach are an error by default; ``clamp=True`` clamps t to the old path's
+    domain [t_lo, t_hi] instead (the model is then asked at its nearest level; the k-diffusion convention, e.g.
+    for an EDM model on a DDPM table whose top level exceeds sigma_max).
     """
 
-    def __init__(self, model: ModelBase, path: Path):
+    def __init__(self, model: ModelBase, path: Path, *, clamp: bool = False):
         super().__init__(model)
         if not isinstance(path, Path):
             raise TypeError(f"path must be a diffusio.paths.Path, got {type(path).__name__}")
         self._path = path
+        self.clamp = bool(clamp)
 
     @property
     def path(self) -> Path:  # type: ignore[override]
@@ -41,6 +48,8 @@ class Rescheduled(ModelWrapper):
         """The time of the old path with the same log-SNR as ``t`` ``(batch,)`` on the new path."""
         old = self.inner.path
         t_old = old.t_of_log_snr(self._path.log_snr(t.to(torch.float64)))
+        if self.clamp:
+            return t_old.clamp(old.t_lo, old.t_hi)
         try:
             old.check_t(t_old, "the matching time on the model's path")
         except ValueError as e:
@@ -59,4 +68,4 @@ class Rescheduled(ModelWrapper):
         return convert(x0, "x0", kind, x, t, new)
 
     def extra_repr(self) -> str:
-        return f"from {self.inner.path!r} to {self._path!r}"
+        return f"from {self.inner.path!r} to {self._path!r}" + (", clamp=True" if self.clamp else "")
