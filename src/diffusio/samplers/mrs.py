@@ -22,91 +22,25 @@ form is DDPM's ancestral step (IR-SDE's "posterior" sampler).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from ..model import ModelBase
-from .base import Callback, Step, coeffs, time_batch
+from .base import Callback, Step, time_batch
+from .dpm import _dpmpp_derivs, data_step, final_order, grid_points, noise_step
 
 __all__ = ["FORMS", "sample_mrs", "sample_mrs_sde"]
 
 
-@dataclass(frozen=True)
-class _Form:
-    """One parametrisation of the semi-analytic solution: the head it integrates and its coefficients."""
-
-    head: str
-
-    def ode(self, cs, ct, h: float, w3: float) -> tuple[float, list[float]]:
-        """(coefficient of u_s, coefficients of [q0, D1, D2]) for an ODE step s -> t."""
-        raise NotImplementedError
-
-    def sde(self, cs, ct, h: float) -> tuple[float, list[float], float]:
-        """(coefficient of u_s, coefficients of [q0, D1], noise std) for an SDE step s -> t."""
-        raise NotImplementedError
+_FORMS = {"data": "x0", "noise": "eps"}
+FORMS = tuple(_FORMS)
 
 
-class _DataForm(_Form):
-    def ode(self, cs, ct, h, w3):
-        phi1 = math.expm1(-h)
-        phi2 = phi1 / h + 1
-        phi3 = phi2 / h - 0.5
-        a = float(ct.alpha)
-        return float(ct.sigma / cs.sigma), [-a * phi1, a * phi2, -w3 * a * phi3]
-
-    def sde(self, cs, ct, h):
-        a, e2 = float(ct.alpha), -math.expm1(-2 * h)  # 1 - e^{-2h}
-        lin = float(ct.sigma / cs.sigma) * math.exp(-h)
-        return lin, [a * e2, a * (1 - e2 / (2 * h))], float(ct.sigma) * math.sqrt(e2)
-
-
-class _NoiseForm(_Form):
-    def ode(self, cs, ct, h, w3):
-        psi1 = math.expm1(h)
-        psi2 = psi1 / h - 1
-        psi3 = psi2 / h - 0.5
-        s = float(ct.sigma)
-        return float(ct.alpha / cs.alpha), [-s * psi1, -s * psi2, -w3 * s * psi3]
-
-    def sde(self, cs, ct, h):
-        psi1 = math.expm1(h)
-        s = float(ct.sigma)
-        return float(ct.alpha / cs.alpha), [-2 * s * psi1, -2 * s * (psi1 / h - 1)], s * math.sqrt(math.expm1(2 * h))
-
-
-FORMS: dict[str, _Form] = {"data": _DataForm("x0"), "noise": _NoiseForm("eps")}
-
-
-def _form(form: str) -> _Form:
-    if form not in FORMS:
-        raise ValueError(f"unknown form {form!r}; valid: {', '.join(FORMS)} (data is recommended at few steps)")
-    return FORMS[form]
-
-
-def _derivatives(hist: list[tuple[float, Tensor]], h: float, k: int) -> list[Tensor]:
-    """[q0, D1, D2][:k] from the last k (lambda, output) pairs (DPM-Solver++ multistep differences)."""
-    (l0, q0), out = hist[-1], [hist[-1][1]]
-    if k >= 2:
-        l1, q1 = hist[-2]
-        r0 = (l0 - l1) / h
-        d1_0 = (q0 - q1) / r0
-        if k == 2:
-            return [q0, d1_0]
-        l2, q2 = hist[-3]
-        r1 = (l1 - l2) / h
-        d1_1 = (q1 - q2) / r1
-        out += [d1_0 + (d1_0 - d1_1) * r0 / (r0 + r1), (d1_0 - d1_1) / (r0 + r1)]
-    return out
-
-
-def _order(order: int, i: int, steps: int, lam_next: float, lower_order_final: bool) -> int:
-    """Warm-up (order <= i + 1), MRS's lower order near the end for short runs, and order 1 into lambda = inf."""
-    k = min(order, i + 1)
-    if lower_order_final and steps < 10:
-        k = min(k, steps - i)
-    return 1 if math.isinf(lam_next) else k
+def _head(form: str) -> str:
+    if form not in _FORMS:
+        raise ValueError(f"unknown form {form!r}; valid: {', '.join(_FORMS)} (data is recommended at few steps)")
+    return _FORMS[form]
 
 
 def _check(order: int, allowed: tuple[int, ...], name: str) -> None:
@@ -114,24 +48,31 @@ def _check(order: int, allowed: tuple[int, ...], name: str) -> None:
         raise ValueError(f"order must be one of {allowed} for {name}; got order={order!r}")
 
 
+def _step(x: Tensor, s, t, ds: list[Tensor], head: str, stochastic: bool, generator) -> Tensor:
+    """One MRS update s -> t from the derivative estimates ``ds`` (the DPM-Solver(++) steps of ``dpm.py``)."""
+    h = t.lam - s.lam
+    if not stochastic:
+        return data_step(x, s, t, ds) if head == "x0" else noise_step(x, s, t, ds)
+    z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    if head == "x0":  # SDE-DPM-Solver++ (eta = 1): exact linear part e^{-h} sigma_t/sigma_s, noise variance 1 - e^{-2h}
+        return data_step(x, s, t, ds, eta=1.0) + (t.sigma * math.sqrt(-math.expm1(-2 * h))) * z
+    # noise form: the integral of e^{-lambda} eps carries twice the ODE's weight (MRS Eq. 16)
+    return noise_step(x, s, t, [2 * d for d in ds]) + (t.sigma * math.sqrt(math.expm1(2 * h))) * z
+
+
 def _run(model, x, ts, cond, callback, generator, order, form, stochastic, w3, lower_order_final) -> Tensor:
-    path, hist, steps = model.path, [], len(ts) - 1
+    head, pts, hist = _head(form), grid_points(model, ts), []
+    steps = len(pts) - 1
+    variant = "official" if w3 == 1.0 else "taylor3"
     for i in range(steps):
-        cs, ct = coeffs(path, ts[i]), coeffs(path, ts[i + 1])
-        q = model.predict(x, time_batch(ts[i], x), form.head, **(cond or {})).to(x.dtype)
-        hist = [*hist[-2:], (float(cs.lam), q)]
-        h = float(ct.lam - cs.lam)
-        k = _order(order, i, steps, float(ct.lam), lower_order_final)
-        terms = _derivatives(hist, h, k)
-        if stochastic:
-            lin, cq, std = form.sde(cs, ct, h)
-            z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            x = lin * x + sum(c * d for c, d in zip(cq, terms)) + std * z
-        else:
-            lin, cq = form.ode(cs, ct, h, w3)
-            x = lin * x + sum(c * d for c, d in zip(cq, terms))
+        s, t = pts[i], pts[i + 1]
+        q = model.predict(x, time_batch(s.t, x), head, **(cond or {})).to(x.dtype)
+        hist = [(s.lam, q)] + hist[: order - 1]
+        # MRS lowers the last orders on runs shorter than 10 steps (official MRSampler)
+        k = final_order(order, i, steps, bool(lower_order_final), below=10)
+        x = _step(x, s, t, _dpmpp_derivs(hist[:k], t.lam - s.lam, variant, "taylor"), head, stochastic, generator)
         if callback is not None:
-            callback(Step(i, float(ts[i + 1]), x, q if form.head == "x0" else None))
+            callback(Step(i, float(t.t), x, q if head == "x0" else None))
     return x
 
 
@@ -155,7 +96,7 @@ def sample_mrs(
     """
     _check(order, (1, 2, 3), "sample_mrs (ODE)")
     w3 = 2.0 if taylor3 else 1.0
-    return _run(model, x, ts, cond, callback, None, order, _form(form), False, w3, lower_order_final)
+    return _run(model, x, ts, cond, callback, None, order, form, False, w3, lower_order_final)
 
 
 def sample_mrs_sde(
@@ -173,4 +114,4 @@ def sample_mrs_sde(
     """MRS-SDE (Li et al. 2025, SDE updates above): exact linear part and exact noise variance, ``order`` 1 or 2;
     1 model call per step; noise only from ``generator``."""
     _check(order, (1, 2), "sample_mrs_sde")
-    return _run(model, x, ts, cond, callback, generator, order, _form(form), True, 1.0, lower_order_final)
+    return _run(model, x, ts, cond, callback, generator, order, form, True, 1.0, lower_order_final)
