@@ -17,6 +17,11 @@ BENCHES = {
     "solvers": "diffusio.bench.solvers",
     "inverse": "diffusio.bench.inverse",
     "guidance": "diffusio.bench.guidance",
+    "mrs": "diffusio.bench.mrs",
+    "flow_matching": "diffusio.bench.flow_matching",
+    "flowmap": "diffusio.bench.flowmap",
+    "pfgmpp": "diffusio.bench.pfgmpp",
+    "interpolants": "diffusio.bench.interpolants",
 }
 
 

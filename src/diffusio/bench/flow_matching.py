@@ -72,14 +72,20 @@ def _pot_check(n: int = 256, repeats: int = 5) -> dict:
 def run(steps: int, pairs: int, seed: int = 0) -> dict:
     data = toy_source("moons")
     results, timings = {}, {}
-    indep, timings["independent"] = train(_model(seed), DiffusionLoss("velocity", UniformTime()), data, steps)
+    indep, timings["independent"] = train(
+        _model(seed), DiffusionLoss("velocity", UniformTime()), data, steps, cache="flow_matching/independent"
+    )
     ot_loss = DiffusionLoss("velocity", UniformTime(), coupling=MinibatchOT())
-    ot_model, timings["minibatch_ot"] = train(_model(seed), ot_loss, data, steps)
+    ot_model, timings["minibatch_ot"] = train(_model(seed), ot_loss, data, steps, cache="flow_matching/minibatch_ot")
     t0 = time.perf_counter()
     coupling = ReflowCoupling.from_model(indep, pairs, (2,), steps=50, generator=torch.Generator().manual_seed(11))
     pair_seconds = time.perf_counter() - t0
     reflow, timings["reflow"] = train(
-        _model(seed), DiffusionLoss("velocity", UniformTime(), coupling=coupling), data, steps
+        _model(seed),
+        DiffusionLoss("velocity", UniformTime(), coupling=coupling),
+        data,
+        steps,
+        cache=f"flow_matching/reflow_{pairs}pairs",
     )
     timings["reflow"] += pair_seconds
     ref = sample_toy("moons", 8000, generator=torch.Generator().manual_seed(5))

@@ -35,13 +35,22 @@ def _net(cls, seed, **kw):
 def run(teacher_steps: int, steps: int, seed: int = 0) -> dict:
     data, path = toy_source("moons"), RectifiedFlow()
     teacher, t_teacher = train(
-        Model(_net(MLP, seed), path, "velocity"), DiffusionLoss("velocity", LogitNormal()), data, teacher_steps
+        Model(_net(MLP, seed), path, "velocity"),
+        DiffusionLoss("velocity", LogitNormal()),
+        data,
+        teacher_steps,
+        cache="flowmap/teacher",
     )
     students, seconds = {}, {"teacher": t_teacher}
     for name, target in (("eulerian", EulerianTarget()), ("lagrangian", LagrangianTarget(2))):
         loss = FlowMapDistillation(teacher, UniformTime(0.0, 1.0), p_jump=0.75, target=target)
         students[name], seconds[name] = train(
-            FlowMapModel(_net(FlowMapMLP, seed + 1), path), loss, data, steps, lr=1e-3
+            FlowMapModel(_net(FlowMapMLP, seed + 1), path),
+            loss,
+            data,
+            steps,
+            lr=1e-3,
+            cache=f"flowmap/{name}_teacher{teacher_steps}",
         )
     ref = sample_toy("moons", 8000, generator=torch.Generator().manual_seed(5))
     z = torch.randn(8000, 2, generator=torch.Generator().manual_seed(6))
@@ -81,9 +90,9 @@ def _markdown(res: dict) -> str:
         "",
         f"Two moons. Teacher: flow matching, MLP(2, 128, depth 3), {res['teacher_steps']} steps (logit-normal t). "
         f"Students: FlowMapMLP of the same size, {res['distill_steps']} distillation steps each (batch 256, "
-        "AdamW 1e-3, 75% of pairs with s < t, adaptive weight p = 1), Eulerian = MeanFlow identity with the teacher's velocity "
-        "(one teacher call + one JVP per batch), Lagrangian = regression on 2-step Heun teacher solves. 8000 samples "
-        "from the same noise; sliced W2 and MMD against 8000 fresh data points (lower is better).",
+        "AdamW 1e-3, 75% of pairs with s < t, adaptive weight p = 1), Eulerian = MeanFlow identity with the teacher's "
+        "velocity (one teacher call + one JVP per batch), Lagrangian = regression on 2-step Heun teacher solves. "
+        "8000 samples from the same noise; sliced W2 and MMD against 8000 fresh data points (lower is better).",
         "",
         "| model | solver | steps | NFE | sliced W2 | MMD |",
         "|---|---|---|---|---|---|",

@@ -33,7 +33,9 @@ def run(steps: int, seed: int = 0) -> dict:
     rows, samples = [], {}
     for task, base, target in TASKS:
         loss = InterpolantLoss(toy_source(base) if base else None)
-        model, secs = train(_model(seed, base is None), loss, toy_source(target), steps)
+        model, secs = train(
+            _model(seed, base is None), loss, toy_source(target), steps, cache=f"interpolants/{base}_to_{target}"
+        )
         ref = sample_toy(target, 8000, generator=torch.Generator().manual_seed(5))
         g = torch.Generator().manual_seed(6)
         x0 = sample_toy(base, 8000, generator=g) if base else torch.randn(8000, 2, generator=g)
@@ -66,7 +68,8 @@ def _markdown(res: dict) -> str:
         f"One MLP(2, 256, depth 3) per task with two heads (velocity, denoiser eta) trained {res['train_steps']} steps "
         "(batch 256, AdamW 2e-3, EMA 0.995) on the antithetic quadratic losses, t ~ U[1e-3, 1 - 1e-3]; "
         "x_t = (1-t) x_0 + t x_1 + sqrt(t(1-t)) z. Sampling: epsilon = 0 is the ODE (Heun, 100 steps, 200 calls); "
-        "epsilon > 0 the forward SDE dX = (v + eps s) dt + sqrt(2 eps) dW with s = -eta/gamma (Euler–Maruyama, 200 steps on [1e-3, 1 - 1e-3]). "
+        "epsilon > 0 the forward SDE dX = (v + eps s) dt + sqrt(2 eps) dW with s = -eta/gamma (Euler–Maruyama, "
+        "200 steps on [1e-3, 1 - 1e-3]). "
         "8000 samples vs 8000 fresh target points; the brief's bar is MMD < 2x data vs data.",
         "",
         "| task | epsilon | NFE | sliced W2 | MMD | MMD / data floor |",

@@ -46,7 +46,13 @@ def run(steps: int, noise: float, seed: int = 0) -> dict:
     train_x, _ = load_digits(8, split="train")
     test_x, _ = load_digits(8, split="test")
     model, seconds = train(
-        _model(path, seed), MRLoss("x0"), RestorationSource(train_x, add_noise(noise)), steps, lr=1e-3, ema=0.999
+        _model(path, seed),
+        MRLoss("x0"),
+        RestorationSource(train_x, add_noise(noise)),
+        steps,
+        lr=1e-3,
+        ema=0.999,
+        cache=f"mrs/digits_noise{noise:g}",
     )
     mu = add_noise(noise)(test_x, torch.Generator().manual_seed(1))
     rows = [{"solver": "degraded input", "grid": "-", "nfe": 0, **_score(mu.clamp(-1, 1), test_x)}]

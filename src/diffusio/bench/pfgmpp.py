@@ -48,7 +48,7 @@ def run(steps: int, seed: int = 0) -> dict:
     rows, samples = [], {}
     for D in DS:
         loss = DiffusionLoss("x0", EDMLogNormal(), EDMWeight(1.0))
-        model, secs = train(_model(D, seed), loss, data, steps)
+        model, secs = train(_model(D, seed), loss, data, steps, cache=f"pfgmpp/D{D:g}")
         for n in HEUN_STEPS:
             g = torch.Generator().manual_seed(6)
             res = sample(model, shape=(8000, 2), solver="heun", steps=n, grid="karras", generator=g)
