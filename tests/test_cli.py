@@ -166,3 +166,17 @@ def test_family_configs_train_and_sample(name, tmp_path, tiny_teacher, capsys):
     with np.load(out) as z:
         assert z["samples"].shape == shape and np.isfinite(z["samples"]).all()
     assert "model calls each" in capsys.readouterr().out
+
+
+def test_fast_demo_writes_the_families_page(tmp_path):
+    """The demo's families page (fast mode): six families on moons, a table of sliced W2 and calls, a picture."""
+    from diffusio.demo import run_demo
+
+    res = run_demo(tmp_path, fast=True, log=lambda *a: None, parts=("families",))
+    report = (tmp_path / "report.md").read_text()
+    assert "## Families on the same data (two moons)" in report and "| flow map | flowmap 1 | 1 |" in report
+    assert (tmp_path / "families.png").stat().st_size > 10_000
+    rows = res["families"]["rows"]
+    assert len({r["family"] for r in rows}) == 6 and all(r["sliced_w2"] > 0 for r in rows)
+    with pytest.raises(ValueError, match="unknown demo part"):
+        run_demo(tmp_path, parts=("nope",))

@@ -19,7 +19,6 @@ from ..model import ModelBase, ModelWrapper
 from ..timesteps import get_timesteps
 from .adaptive import odeint, sample_adaptive
 from .base import Callback, Step
-from .mrs import sample_mrs, sample_mrs_sde
 from .dpm import (
     sample_dpm_solver,
     sample_dpm_solver_fast,
@@ -32,6 +31,7 @@ from .dpm import (
 )
 from .dpm_v3 import sample_dpm_v3
 from .evodiff import sample_evodiff
+from .mrs import sample_mrs, sample_mrs_sde
 from .ode import sample_ddim, sample_euler, sample_heun
 from .sde import sample_ddpm, sample_euler_maruyama
 from .unipc import sample_unipc
@@ -61,9 +61,9 @@ __all__ = [
     "sample_euler_maruyama",
     "sample_evodiff",
     "sample_heun",
+    "sample_ipndm",
     "sample_mrs",
     "sample_mrs_sde",
-    "sample_ipndm",
     "sample_unipc",
 ]
 
