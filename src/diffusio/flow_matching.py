@@ -65,7 +65,7 @@ def sinkhorn_assignment(reg: float = 0.05) -> Callable[[np.ndarray, torch.Genera
         try:
             import ot
         except ImportError as e:  # pragma: no cover - depends on the environment
-            raise ImportError("sinkhorn_assignment needs POT: pip install 'diffusio[ot]'") from e
+            raise ImportError("sinkhorn_assignment needs POT: pip install pot (part of the bench extra)") from e
         n = cost.shape[0]
         plan = ot.sinkhorn(np.full(n, 1 / n), np.full(n, 1 / n), cost / cost.mean(), reg)
         probs = torch.from_numpy(plan).clamp(min=0) + 1e-300
