@@ -155,13 +155,15 @@ def test_rescheduled_exact_model_equals_exact_model_on_the_new_path(gmm2d, old, 
         assert torch.allclose(model.predict(x, t, kind), want, rtol=1e-10, atol=1e-10), kind
 
 
-def test_flow_model_sampled_with_ddim_on_a_vp_schedule_and_back(gmm2d):
-    """A velocity model on the linear path sampled by DDIM on cosine VP equals DDIM on the exact VP model."""
+@pytest.mark.parametrize("solver", ["ddim", "dpmpp_2m", "unipc"])
+def test_flow_model_sampled_with_dpm_solver_on_a_vp_schedule_and_back(gmm2d, solver):
+    """A velocity model on the linear path sampled by DDIM / DPM-Solver++ / UniPC on cosine VP equals the same solver
+    on the exact VP model; and a VP model sampled by Euler on the linear path equals Euler on the exact flow model."""
     vp, flow = CosineVP(), RectifiedFlow()
     flow_model = Model(lambda x, t: gmm2d.as_model(flow).predict(x, t, "velocity"), flow, "velocity")
     x = vp.prior_sample((256, 2), generator=torch.Generator().manual_seed(12), dtype=F64)
-    a = sample(Rescheduled(flow_model, vp), x, solver="ddim", steps=10).x
-    b = sample(gmm2d.as_model(vp), x, solver="ddim", steps=10).x
+    a = sample(Rescheduled(flow_model, vp), x, solver=solver, steps=10).x
+    b = sample(gmm2d.as_model(vp), x, solver=solver, steps=10).x
     assert torch.allclose(a, b, atol=1e-9)
     back = Rescheduled(gmm2d.as_model(vp), flow)  # and a VP model with Euler on the linear path
     xf = flow.prior_sample((64, 2), generator=torch.Generator().manual_seed(13), dtype=F64)
