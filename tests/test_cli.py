@@ -110,8 +110,9 @@ def test_solvers_listing(capsys):
         assert name in out
 
 
-def test_bundled_configs_build():
-    """Every bundled config names known objects (the model builds; training itself is covered elsewhere)."""
+def test_bundled_configs_build(tiny_teacher):
+    """Every bundled config names known objects (the model builds; training itself is covered elsewhere). Configs
+    that distil or rectify a trained model (flowmap, reflow) get a tiny teacher instead of runs/moons."""
     from diffusio.config import build_data, build_loss, build_model
     from diffusio.resources import packaged_config, packaged_configs
 
@@ -120,6 +121,10 @@ def test_bundled_configs_build():
         cfg = packaged_config(name)
         if cfg["data"]["name"] == "images":
             continue  # needs a user folder
+        if "teacher" in cfg:
+            cfg["teacher"] = str(tiny_teacher)
+        if isinstance(cfg["loss"].get("coupling"), dict):
+            cfg["loss"]["coupling"] = {**cfg["loss"]["coupling"], "teacher": str(tiny_teacher), "pairs": 16, "steps": 2}
         data = build_data(cfg["data"])
         model = build_model(cfg, data.shape, data.num_classes)
         build_loss(cfg, model)
