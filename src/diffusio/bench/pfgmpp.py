@@ -89,7 +89,7 @@ def _markdown(res: dict) -> str:
         "",
         f"Data vs data (same size): sliced W2 {f['sliced_w2']:.4f}, MMD {f['mmd']:.5f}. MMD is the unbiased "
         "estimate, so it can fall below zero when the samples are within sampling noise of the data. One training "
-        "seed per D: differences of ~10-20% in sliced W2 between D values are within what a second seed can move.",
+        "seed per D; the seed-to-seed spread is not measured here, so small differences between D are not evidence.",
         "",
         "Kernel radial law: KS test of ||n||^2 / r^2 against BetaPrime(N/2, D/2), 1e5 draws each:",
         "",
