@@ -105,6 +105,17 @@ def run_families(out: Path, fast: bool = False, log=print) -> dict:
     t0 = time.perf_counter()
     steps, n = (20, 300) if fast else (600, 4000)
     log(f"[families] training 6 models on {DATA} ({steps} steps each) ...")
+    # tiny MLPs on batches of 256: a second intra-op thread only adds synchronisation (measured: 24 s with one
+    # thread, 400 s with two on a busy 2-core machine for the fast page), so this page runs on one thread
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _run(out, steps, n, log, t0)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(out: Path, steps: int, n: int, log, t0: float) -> dict:
     models, seconds = _trained(steps)
     ref = sample_toy(DATA, n, generator=torch.Generator().manual_seed(5))
     z = torch.randn(n, 2, generator=torch.Generator().manual_seed(6))
