@@ -110,8 +110,9 @@ def test_solvers_listing(capsys):
         assert name in out
 
 
-def test_bundled_configs_build():
-    """Every bundled config names known objects (the model builds; training itself is covered elsewhere)."""
+def test_bundled_configs_build(tiny_teacher):
+    """Every bundled config names known objects (the model builds; training itself is covered elsewhere). Configs
+    that distil or rectify a trained model (flowmap, reflow) get a tiny teacher instead of runs/moons."""
     from diffusio.config import build_data, build_loss, build_model
     from diffusio.resources import packaged_config, packaged_configs
 
@@ -120,6 +121,67 @@ def test_bundled_configs_build():
         cfg = packaged_config(name)
         if cfg["data"]["name"] == "images":
             continue  # needs a user folder
+        if "teacher" in cfg:
+            cfg["teacher"] = str(tiny_teacher)
+        if isinstance(cfg["loss"].get("coupling"), dict):
+            cfg["loss"]["coupling"] = {**cfg["loss"]["coupling"], "teacher": str(tiny_teacher), "pairs": 16, "steps": 2}
         data = build_data(cfg["data"])
         model = build_model(cfg, data.shape, data.num_classes)
         build_loss(cfg, model)
+
+
+@pytest.fixture(scope="module")
+def tiny_teacher(tmp_path_factory):
+    """A 4-step flow-matching model on moons: the teacher of the reflow and flow-map configs."""
+    out = tmp_path_factory.mktemp("teacher")
+    cfg = {**TINY, "data": {"name": "toy", "dataset": "moons"}, "train": {**TINY["train"], "steps": 4}}
+    (out / "t.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["train", str(out / "t.yaml"), "--out", str(out)]) == 0
+    return out / "model.safetensors"
+
+
+FAMILY_RUNS = {  # bundled config -> (sample arguments, what the sample file must hold)
+    "flow_ot": (["--solver", "euler", "--steps", "2"], (50, 2)),
+    "reflow": (["--solver", "euler", "--steps", "2"], (50, 2)),
+    "pfgmpp": (["--solver", "heun", "--steps", "3"], (50, 2)),
+    "interpolant": (["--steps", "3", "--opt", "epsilon=0.5"], (50, 2)),
+    "bridge": (["--steps", "3"], (50, 2)),
+    "flowmap": (["--steps", "2"], (50, 2)),
+    "mr_digits": (["--solver", "mrs", "--steps", "3"], (50, 1, 8, 8)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FAMILY_RUNS))
+def test_family_configs_train_and_sample(name, tmp_path, tiny_teacher, capsys):
+    """Every family's bundled config trains (a few steps of a small net) and samples through the CLI."""
+    from diffusio.resources import packaged_config
+
+    cfg = packaged_config(name)
+    cfg["net"] = {**cfg["net"], "hidden": 16, "depth": 1, "time_dim": 8}
+    cfg["train"] = {**cfg["train"], "steps": 3, "batch_size": 32, "log_every": 3, "ckpt_every": 3, "progress": False}
+    if "teacher" in cfg:
+        cfg["teacher"] = str(tiny_teacher)
+    if isinstance(cfg["loss"].get("coupling"), dict):
+        cfg["loss"]["coupling"] = {**cfg["loss"]["coupling"], "teacher": str(tiny_teacher), "pairs": 64, "steps": 3}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["train", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "run")]) == 0
+    args, shape = FAMILY_RUNS[name]
+    out = tmp_path / "s.npz"
+    assert main(["sample", str(tmp_path / "run" / "model.safetensors"), "--n", "50", "--out", str(out), *args]) == 0
+    with np.load(out) as z:
+        assert z["samples"].shape == shape and np.isfinite(z["samples"]).all()
+    assert "model calls each" in capsys.readouterr().out
+
+
+def test_fast_demo_writes_the_families_page(tmp_path):
+    """The demo's families page (fast mode): six families on moons, a table of sliced W2 and calls, a picture."""
+    from diffusio.demo import run_demo
+
+    res = run_demo(tmp_path, fast=True, log=lambda *a: None, parts=("families",))
+    report = (tmp_path / "report.md").read_text()
+    assert "## Families on the same data (two moons)" in report and "| flow map | flowmap 1 | 1 |" in report
+    assert (tmp_path / "families.png").stat().st_size > 10_000
+    rows = res["families"]["rows"]
+    assert len({r["family"] for r in rows}) == 6 and all(r["sliced_w2"] > 0 for r in rows)
+    with pytest.raises(ValueError, match="unknown demo part"):
+        run_demo(tmp_path, parts=("nope",))

@@ -7,7 +7,8 @@ from diffusio.bench.peers import load_diffusers
 from diffusio.data import GaussianMixture
 from diffusio.interop import alphas_cumprod_from_config, reschedule, to_diffusers, to_k_diffusion
 from diffusio.model import Model
-from diffusio.paths import EDM, DiscreteDDPM, LinearVP
+from diffusio.paths import EDM, DiscreteDDPM, LinearVP, RectifiedFlow
+from diffusio.reschedule import Rescheduled
 from diffusio.samplers import sample
 from diffusio.timesteps import get_timesteps
 
@@ -163,6 +164,21 @@ def test_reschedule_keeps_the_ode(gmm2d):
     t = torch.full((5,), 0.4, dtype=torch.float64)
     a, s = vp.alpha(t)[:, None], vp.noise_level(t)
     assert torch.allclose(model(x, t), gmm2d.as_model(edm)(x / a, s), atol=1e-10)
+
+
+def test_reschedule_clamps_levels_beyond_the_model_path_like_k_diffusion(gmm2d):
+    """interop.reschedule is Rescheduled(clamp=True): equal to the k-diffusion round trip, including levels outside
+    the model path (a VP model asked at flow-path noise levels above its own top level is clamped, not an error)."""
+    vp, flow = LinearVP(), RectifiedFlow()
+    inner = gmm2d.as_model(vp)
+    via_kd = Model.from_k_diffusion(to_k_diffusion(inner), flow)
+    x = torch.randn(6, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(8)) * 3
+    t = torch.tensor([1e-3, 0.2, 0.5, 0.9, 0.995, 0.999], dtype=torch.float64)
+    assert float(flow.noise_level(t[-2:]).min()) > float(vp.noise_level(torch.tensor(vp.t_hi, dtype=torch.float64)))
+    for kind in ("x0", "eps", "velocity"):
+        assert torch.allclose(reschedule(inner, flow).predict(x, t, kind), via_kd.predict(x, t, kind), atol=1e-10)
+    with pytest.raises(ValueError, match="outside what"):
+        Rescheduled(inner, flow).predict(x, t)
 
 
 def test_gaussian_mixture_on_discrete_path_is_a_model(gmm2d):

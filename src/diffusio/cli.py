@@ -18,6 +18,11 @@ BENCHES = {
     "sde-order": "diffusio.bench.sde_order",
     "inverse": "diffusio.bench.inverse",
     "guidance": "diffusio.bench.guidance",
+    "mrs": "diffusio.bench.mrs",
+    "flow_matching": "diffusio.bench.flow_matching",
+    "flowmap": "diffusio.bench.flowmap",
+    "pfgmpp": "diffusio.bench.pfgmpp",
+    "interpolants": "diffusio.bench.interpolants",
 }
 
 
@@ -89,6 +94,8 @@ def _cmd_sample(args) -> int:
 
     model, cfg = load_model(args.ckpt, device=args.device or "cpu")
     opts = dict(_parse_opts(args.opt))
+    if cfg.get("family", "diffusion") != "diffusion":  # interpolants, flow maps, mean-reverting restoration
+        return _sample_family(model, cfg, args, opts)
     x, nfe = generate(
         model,
         tuple(cfg["data_shape"]),
@@ -106,6 +113,20 @@ def _cmd_sample(args) -> int:
     for f in save_samples(x, Path(args.out), cfg, meta):
         print(f"wrote {f}")
     print(f"{args.n} samples, {nfe} model calls each")
+    return 0
+
+
+def _sample_family(model, cfg: dict, args, opts: dict) -> int:
+    from .evaluation import generate_family
+
+    solver = "flowmap" if cfg["family"] == "flowmap" and args.solver == "heun" else args.solver
+    if cfg["family"] == "mean_reverting" and args.solver == "heun":
+        solver = "mrs"
+    x, nfe, extra = generate_family(model, cfg, args.n, solver=solver, steps=args.steps, seed=args.seed, **opts)
+    meta = {"family": cfg["family"], "solver": solver, "steps": args.steps, "nfe": nfe, "seed": args.seed, **opts}
+    for f in save_samples(x, Path(args.out), cfg, {**meta, **extra}):
+        print(f"wrote {f}")
+    print(f"{len(x)} samples, {nfe} model calls each" + "".join(f", {k} {v:.3f}" for k, v in extra.items()))
     return 0
 
 

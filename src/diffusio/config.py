@@ -8,6 +8,7 @@ same dict is stored in every checkpoint, so :func:`load_model` can rebuild what 
 from __future__ import annotations
 
 import copy
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path as FsPath
@@ -15,14 +16,19 @@ from pathlib import Path as FsPath
 import torch
 import yaml
 
-from . import losses, paths
+from . import interpolants as si
+from . import losses, mrsde, paths, pfgmpp
 from .data.sources import FunctionSource, TensorSource
 from .io import load_safetensors
 from .model import EDMPrecond, Model
 
 __all__ = [
+    "COUPLINGS",
     "DATA",
+    "DEGRADATIONS",
     "DENSITIES",
+    "FAMILIES",
+    "GAMMAS",
     "NETS",
     "PATHS",
     "WEIGHTINGS",
@@ -42,19 +48,56 @@ PATHS: dict[str, Callable[..., paths.Path]] = {
     "edm": paths.EDM,
     "flow": paths.RectifiedFlow,
     "trig": paths.Trigonometric,
+    "pfgmpp": pfgmpp.PFGMPP,
+    "mr_cosine": mrsde.CosineTheta,
+    "mr_constant": mrsde.ConstantTheta,
 }
 DENSITIES = {"uniform": losses.UniformTime, "logit_normal": losses.LogitNormal, "edm": losses.EDMLogNormal}
 WEIGHTINGS = {"uniform": losses.UniformWeight, "min_snr": losses.MinSNR, "edm": losses.EDMWeight}
 
 
 def _nets() -> dict[str, Callable[..., torch.nn.Module]]:
-    from .nets import MLP, UNet
+    from .nets import MLP, FlowMapMLP, UNet
 
-    return {"mlp": MLP, "unet": UNet}
+    return {"mlp": MLP, "unet": UNet, "flowmap_mlp": FlowMapMLP}
 
 
-NETS = ("mlp", "unet")
-DATA = ("toy", "digits", "images", "patches", "phantoms", "gmm")
+NETS = ("mlp", "unet", "flowmap_mlp")
+DATA = ("toy", "digits", "images", "patches", "phantoms", "gmm", "restoration")
+DEGRADATIONS = {"noise": mrsde.add_noise, "blur": mrsde.gaussian_blur}
+# stochastic-interpolant coefficients (paper time: a goes 1 -> 0, b goes 0 -> 1, gamma vanishes at both ends)
+A_COEFFS = {"linear": si.LinearDown, "cosine": si.CosineDown}
+B_COEFFS = {"linear": si.LinearUp, "sine": si.SineUp}
+GAMMAS = {"brownian": si.BrownianGamma, "scaled": si.ScaledGamma, "zero": si.ZeroGamma}
+FAMILIES = ("diffusion", "interpolant", "flowmap", "mean_reverting")
+
+
+def _build_coupling(section: dict | str | None):
+    """A noise-data coupling for DiffusionLoss from a config: none, ``ot``, ``ot_sinkhorn`` or ``reflow``."""
+    from . import flow_matching as fm
+
+    spec = {"name": section} if isinstance(section, str) else dict(section or {"name": "independent"})
+    name = spec.pop("name", None)
+    if name == "independent":
+        return None
+    if name == "ot":
+        return fm.MinibatchOT()
+    if name == "ot_sinkhorn":
+        return fm.MinibatchOT(fm.sinkhorn_assignment(spec.pop("reg", 0.05)))
+    if name == "reflow":
+        teacher = spec.pop("teacher", None)
+        if not teacher:
+            raise ValueError("coupling 'reflow' needs teacher: PATH/TO/model.safetensors (the model to rectify)")
+        model, cfg = load_model(teacher)
+        g = torch.Generator().manual_seed(spec.pop("seed", 0))
+        n, steps = spec.pop("pairs", 20000), spec.pop("steps", 50)
+        if spec:
+            raise ValueError(f"unknown reflow option(s) {', '.join(sorted(spec))}; valid: teacher, pairs, steps, seed")
+        return fm.ReflowCoupling.from_model(model, n, tuple(cfg["data_shape"]), steps=steps, generator=g)
+    raise ValueError(f"unknown coupling {name!r}; valid: {', '.join(COUPLINGS)}")
+
+
+COUPLINGS = ("independent", "ot", "ot_sinkhorn", "reflow")
 
 
 def _pick(registry: dict, section: dict | str, what: str):
@@ -98,6 +141,10 @@ def build_data(section: dict):
 
         n, image, seed = spec.pop("n", 20000), spec.pop("image", "all"), spec.pop("seed", 0)
         return TensorSource(image_patches(image, n=n, generator=torch.Generator().manual_seed(seed), **spec))
+    if name == "restoration":
+        clean = build_data(spec.pop("clean", {"name": "digits", "labels": False}))
+        degrade = _pick(DEGRADATIONS, spec.pop("degrade", "noise"), "degradation")
+        return mrsde.RestorationSource(clean.x, degrade)
     if name == "phantoms":  # fresh procedural phantoms every batch (an infinite data set)
         from .data.phantoms import random_phantoms
 
@@ -112,19 +159,32 @@ def build_net(section: dict, data_shape: tuple[int, ...], num_classes: int | Non
     spec = dict(section)
     name = spec.get("name")
     nets = _nets()
-    if name == "mlp":
+    if name in ("mlp", "flowmap_mlp"):
         spec.setdefault("dim", data_shape[0])
     elif name == "unet":
         spec.setdefault("in_channels", data_shape[0])
-    if spec.get("num_classes", "auto") == "auto":
+    if spec.get("num_classes", "auto") == "auto" and name != "flowmap_mlp":
         spec["num_classes"] = num_classes
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return _pick(nets, spec, "net")
 
 
-def build_model(config: dict, data_shape: tuple[int, ...], num_classes: int | None = None) -> Model:
-    """Network + path + parametrization (+ EDM preconditioning) from a run config."""
+def _family(config: dict) -> str:
+    family = config.get("family", "diffusion")
+    if family not in FAMILIES:
+        raise ValueError(f"unknown family {family!r}; valid: {', '.join(FAMILIES)}")
+    return family
+
+
+def build_model(config: dict, data_shape: tuple[int, ...], num_classes: int | None = None):
+    """The model of a run config: network + path + parametrization (+ EDM preconditioning) for the diffusion
+    family (PFGM++ and flow matching included); the interpolant, flow-map and mean-reverting families' models."""
+    family = _family(config)
+    if family != "diffusion":
+        return {"interpolant": _build_si_model, "flowmap": _build_flowmap_model, "mean_reverting": _build_mr_model}[
+            family
+        ](config, data_shape, num_classes)
     path = build_path(config.get("path", "vp_linear"))
     net_cfg = config.get("net")
     if net_cfg is None:
@@ -139,14 +199,72 @@ def build_model(config: dict, data_shape: tuple[int, ...], num_classes: int | No
     return Model(net, path, prediction, pre)
 
 
-def build_loss(config: dict, model: Model) -> losses.DiffusionLoss:
+def build_loss(config: dict, model):
+    """The training objective of a run config (DiffusionLoss with an optional coupling, or the family's loss)."""
+    family = _family(config)
     spec = dict(config.get("loss", {}))
+    if family == "interpolant":
+        base = config.get("base")
+        return si.InterpolantLoss(build_data(base) if base else None, **spec)
+    if family == "flowmap":
+        return _build_flowmap_loss(config, spec)
     target = spec.pop("target", model.prediction)
     density = _pick(DENSITIES, spec.pop("density", "uniform"), "t-density")
     weighting = _pick(WEIGHTINGS, spec.pop("weighting", "uniform"), "weighting")
+    coupling = _build_coupling(spec.pop("coupling", None))
     if spec:
-        raise ValueError(f"unknown loss option(s) {', '.join(sorted(spec))}; valid: target, density, weighting")
-    return losses.DiffusionLoss(target, density, weighting)
+        raise ValueError(
+            f"unknown loss option(s) {', '.join(sorted(spec))}; valid: target, density, weighting, coupling"
+        )
+    cls = mrsde.MRLoss if family == "mean_reverting" else losses.DiffusionLoss
+    return cls(target, density, weighting, coupling)
+
+
+# --- model families other than plain diffusion ------------------------------------------------------------------
+def _build_si_model(config: dict, data_shape, num_classes) -> si.InterpolantModel:
+    spec = dict(config.get("interpolant", {}))
+    it = si.Interpolant(
+        _pick(A_COEFFS, spec.pop("a", "linear"), "interpolant coefficient a"),
+        _pick(B_COEFFS, spec.pop("b", "linear"), "interpolant coefficient b"),
+        _pick(GAMMAS, spec.pop("gamma", "brownian"), "interpolant gamma"),
+    )
+    if spec:
+        raise ValueError(f"unknown interpolant option(s) {', '.join(sorted(spec))}; valid: a, b, gamma")
+    heads = tuple(config.get("model", {}).get("heads", ("velocity", "eta")))
+    net_cfg = {**config["net"], "out_dim": len(heads) * data_shape[0]}
+    net = build_net(net_cfg, data_shape, None, config.get("train", {}).get("seed", 0))
+    return si.InterpolantModel(net, it, heads, gaussian_base=not config.get("base"))
+
+
+def _build_flowmap_model(config: dict, data_shape, num_classes):
+    from .flowmap import FlowMapModel
+
+    path = build_path(config.get("path", "flow"))
+    net = build_net(config["net"], data_shape, None, config.get("train", {}).get("seed", 0))
+    return FlowMapModel(net, path)
+
+
+def _build_flowmap_loss(config: dict, spec: dict):
+    from .flowmap import FlowMapDistillation
+
+    teacher = config.get("teacher")
+    density = _pick(DENSITIES, spec.pop("density", "uniform"), "t-density")
+    return FlowMapDistillation(load_model(teacher)[0] if teacher else None, density, **spec)
+
+
+def _build_mr_model(config: dict, data_shape, num_classes) -> mrsde.MRModel:
+    from .nets import FlattenNet
+
+    path = build_path(config.get("path", "mr_cosine"))
+    if not isinstance(path, mrsde.MeanReverting):
+        raise ValueError(f"the mean_reverting family needs an mr_* path; got {path.name!r}")
+    net_cfg, seed, dim = dict(config["net"]), config.get("train", {}).get("seed", 0), math.prod(data_shape)
+    if net_cfg.get("name") == "mlp":  # the condition is concatenated: twice the input features
+        net = FlattenNet(build_net({**net_cfg, "dim": 2 * dim, "out_dim": dim}, (2 * dim,), None, seed), data_shape)
+    else:
+        channels = {"in_channels": 2 * data_shape[0], "out_channels": data_shape[0]}
+        net = build_net({**net_cfg, **channels}, data_shape, None, seed)
+    return mrsde.MRModel(net, path, config.get("model", {}).get("prediction", "x0"))
 
 
 def load_config(path: str | os.PathLike) -> dict:

@@ -1,5 +1,6 @@
 """``diffusio demo``: train a 2-D model and a digits model on bundled data, sample each with every baseline
-sampler at several step counts, and write pictures, a quality-versus-calls plot, metrics JSON and a report."""
+sampler at several step counts, compare the model families on the same 2-D data (``demo_families``), and write
+pictures, quality-versus-calls plots, metrics JSON and a report."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 import torch
 
 from .config import load_model, run_training
+from .demo_families import families_report, run_families
 from .evaluation import evaluate, generate, reference_data
 from .io import save_json
 from .plotting import plot_curves, save_image_grid, save_scatter
@@ -80,8 +82,15 @@ def _floor(cfg: dict, n: int, metric: str) -> float:
     return evaluate(a, cfg["data"], n_ref=n)[metric]
 
 
-def run_demo(out: Path, fast: bool = False, log=print) -> dict:
-    """Run the whole demo into ``out``; ``fast`` trains and samples far less (a smoke test, not a result)."""
+PARTS = ("2d", "digits", "families")
+
+
+def run_demo(out: Path, fast: bool = False, log=print, parts: tuple[str, ...] = PARTS) -> dict:
+    """Run the demo into ``out``; ``fast`` trains and samples far less (a smoke test, not a result). ``parts``
+    selects pages: the 2-D and digits solver sweeps and the families comparison."""
+    bad = [p for p in parts if p not in PARTS]
+    if bad:
+        raise ValueError(f"unknown demo part(s) {', '.join(bad)}; valid: {', '.join(PARTS)}")
     out.mkdir(parents=True, exist_ok=True)
     steps_list = (5, 10) if fast else STEPS
     n2d, ndig = (500, 200) if fast else (4000, 1000)
@@ -89,6 +98,8 @@ def run_demo(out: Path, fast: bool = False, log=print) -> dict:
     t_start = time.perf_counter()
 
     for key, cfg_name, metric, n in (("2d", "moons", "sliced_w2", n2d), ("digits", "digits", "frechet_distance", ndig)):
+        if key not in parts:
+            continue
         log(f"[{key}] training {cfg_name} ...")
         model, cfg, train_s = _train(cfg_name, out / key, 200 if fast else None)
         log(f"[{key}] trained in {train_s:.0f}s; sampling with {', '.join(BASELINES)} at steps {steps_list}")
@@ -111,6 +122,8 @@ def run_demo(out: Path, fast: bool = False, log=print) -> dict:
             "net": cfg["net"],
             "rows": rows,
         }
+    if "families" in parts:
+        results["families"] = run_families(out, fast=fast, log=log)
     results["total_seconds"] = time.perf_counter() - t_start
     save_json(results, out / "metrics.json")
     (out / "report.md").write_text(_report(results))
@@ -172,4 +185,6 @@ def _report(res: dict) -> str:
             "",
         ]
         lines += [f"![{s}](samples_{key}_{s}.png)" for s in BASELINES] + [""]
+    if "families" in res:
+        lines += families_report(res["families"])
     return "\n".join(lines)

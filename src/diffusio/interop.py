@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from .model import Model, ModelBase, as_time
 from .paths import DiscreteDDPM, Path, broadcast
+from .reschedule import Rescheduled
 
 __all__ = [
     "DiffusersNet",
@@ -131,10 +132,8 @@ def to_diffusers(model: ModelBase, kind: str = "epsilon") -> DiffusersStyle:
     return DiffusersStyle(model, kind)
 
 
-def reschedule(model: ModelBase, path: Path) -> Model:
-    """``model`` seen on another Gaussian ``path``: x0(x, t) = x0_model(x / alpha(t) * alpha_m(t_m), t_m) with t_m the
-    model-path time of the same noise level sigma/alpha. Every path with the same noise levels has the same PF-ODE
-    up to the scaling x/alpha, so samples (mapped back by alpha) are unchanged; only the time axis a solver steps
-    in changes. Noise levels beyond the model path's time domain are clamped to it (``to_k_diffusion``); EDM's domain
-    is unbounded, so an EDM model sees every level of a DDPM table (up to sigma/alpha ~ 157 > its sigma_max = 80)."""
-    return Model.from_k_diffusion(to_k_diffusion(model), path)
+def reschedule(model: ModelBase, path: Path) -> ModelBase:
+    """``model`` seen on another Gaussian ``path`` (the same PF-ODE up to the scaling x/alpha), with noise levels beyond
+    the model path's domain clamped to it, as k-diffusion does: ``Rescheduled(model, path, clamp=True)``. EDM's
+    domain is unbounded, so an EDM model sees every level of a DDPM table (up to sigma/alpha ~ 157 > its sigma_max)."""
+    return Rescheduled(model, path, clamp=True)

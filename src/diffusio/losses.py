@@ -8,6 +8,7 @@ space*; ``MinSNR`` and ``EDMWeight`` are defined on the x0 error and converted w
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -146,11 +147,16 @@ def target_value(target: str, x0: Tensor, noise: Tensor, t: Tensor, path: Path) 
 
 @dataclass
 class DiffusionLoss:
-    """E_t w(t) ||head(x_t, t) - target||^2, averaged over dimensions; ``__call__`` gives per-sample losses ``(B,)``."""
+    """E_t w(t) ||head(x_t, t) - target||^2, averaged over dimensions; ``__call__`` gives per-sample losses ``(B,)``.
+
+    ``coupling`` (``flow_matching.MinibatchOT``, ``flow_matching.ReflowCoupling``) re-pairs each drawn batch of
+    noise with the data before the loss; ``None`` is the independent coupling.
+    """
 
     target: str = "eps"
     density: UniformTime | LogitNormal | EDMLogNormal = field(default_factory=UniformTime)
     weighting: UniformWeight | MinSNR | EDMWeight = field(default_factory=UniformWeight)
+    coupling: Callable[..., tuple[Tensor, Tensor]] | None = None
 
     def __post_init__(self):
         check_kind(self.target, "target")
@@ -158,8 +164,14 @@ class DiffusionLoss:
     def draw(self, x0: Tensor, path: Path, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """Times ``(B,)`` (float64) and noise (shape of ``x0``) for one batch."""
         t = self.density.sample(x0.shape[0], path, generator, x0.device)
-        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        noise = path.noise_sample(tuple(x0.shape), generator=generator, device=x0.device, dtype=x0.dtype)
         return t, noise
+
+    def couple(self, x0: Tensor, noise: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """Re-pair the drawn noise with the data (minibatch OT, reflow pairs); identity without a coupling."""
+        if self.coupling is None:
+            return x0, noise
+        return self.coupling(x0, noise, generator)
 
     def __call__(self, model: ModelBase, x0: Tensor, t: Tensor, noise: Tensor, cond: dict | None = None) -> Tensor:
         path = model.path

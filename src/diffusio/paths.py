@@ -105,12 +105,17 @@ class Path:
         """x_t = alpha(t) x0 + sigma(t) noise; ``x0``, ``noise``: ``(batch, ...)``; ``t``: ``(batch,)``."""
         return broadcast(self.alpha(t), x0) * x0 + broadcast(self.sigma(t), x0) * noise
 
+    def noise_sample(
+        self, shape: tuple[int, ...], *, generator: torch.Generator | None = None, device=None, dtype=None
+    ) -> Tensor:
+        """A draw of the unit-scale noise of ``perturb``: N(0, I) here; heavy-tailed kernels (PFGM++) override it."""
+        return torch.randn(shape, generator=generator, device=device, dtype=dtype or torch.get_default_dtype())
+
     def prior_sample(
         self, shape: tuple[int, ...], *, generator: torch.Generator | None = None, device=None, dtype=None
     ) -> Tensor:
-        """A draw from the prior at ``t_max``: ``sigma(t_max) * N(0, I)`` (alpha(t_max) x0 is negligible)."""
-        dtype = dtype or torch.get_default_dtype()
-        z = torch.randn(shape, generator=generator, device=device, dtype=dtype)
+        """A draw from the prior at ``t_max``: ``sigma(t_max) * noise`` (alpha(t_max) x0 is negligible)."""
+        z = self.noise_sample(shape, generator=generator, device=device, dtype=dtype)
         return z * float(self.sigma(torch.tensor(self.t_max, dtype=torch.float64)))
 
     def check_t(self, t: Tensor, name: str = "t") -> None:

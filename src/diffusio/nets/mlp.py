@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from .layers import ConditionEmbedding, check_batch, zero_module
+from .layers import ConditionEmbedding, FourierTimeEmbedding, check_batch, zero_module
 
-__all__ = ["MLP"]
+__all__ = ["MLP", "FlattenNet", "FlowMapMLP"]
 
 
 class _ResidualBlock(nn.Module):
@@ -57,3 +57,44 @@ class MLP(nn.Module):
         for block in self.blocks:
             h = block(h, cond)
         return self.out(h)
+
+
+class FlowMapMLP(nn.Module):
+    """``FlowMapMLP(dim, ...)(x (B, dim), t (B,), s (B,)) -> (B, dim)``: a residual MLP conditioned on two times, the
+    start t and the gap t - s of a flow-map jump (MeanFlow's (t, t - r) conditioning, Geng et al. 2025); zero output
+    at init."""
+
+    def __init__(self, dim: int, hidden: int = 256, depth: int = 4, time_dim: int = 64, max_freq: float = 30.0):
+        super().__init__()
+        if dim < 1 or hidden < 1 or depth < 0:
+            raise ValueError(f"need dim >= 1, hidden >= 1, depth >= 0; got dim={dim}, hidden={hidden}, depth={depth}")
+        self.dim = dim
+        # moderate frequencies: the training target contains d/dt of the output (a JVP), which a 1000 rad/unit
+        # embedding would amplify a thousandfold
+        self.t_emb = FourierTimeEmbedding(time_dim, max_freq=max_freq)
+        self.gap_emb = FourierTimeEmbedding(time_dim, max_freq=max_freq)
+        self.cond_act = nn.SiLU()
+        self.inp = nn.Linear(dim, hidden)
+        self.blocks = nn.ModuleList(_ResidualBlock(hidden, time_dim) for _ in range(depth))
+        self.out = nn.Sequential(nn.LayerNorm(hidden), nn.SiLU(), zero_module(nn.Linear(hidden, dim)))
+
+    def forward(self, x: Tensor, t: Tensor, s: Tensor) -> Tensor:
+        """Output ``(B, dim)`` for ``x`` ``(B, dim)`` and times ``t``, ``s`` ``(B,)``."""
+        check_batch(x, t, (self.dim,))
+        check_batch(x, s, (self.dim,), "x")
+        cond = self.cond_act(self.t_emb(t) + self.gap_emb(t - s)).to(x.dtype)
+        h = self.inp(x)
+        for block in self.blocks:
+            h = block(h, cond)
+        return self.out(h)
+
+
+class FlattenNet(nn.Module):
+    """A vector network on image-shaped data: ``(B, ...) -> net(x.flatten(1), t) -> (B, *out_shape)``."""
+
+    def __init__(self, net: nn.Module, out_shape: tuple[int, ...]):
+        super().__init__()
+        self.net, self.out_shape = net, tuple(out_shape)
+
+    def forward(self, x: Tensor, t: Tensor, *args, **kwargs) -> Tensor:
+        return self.net(x.flatten(1), t, *args, **kwargs).reshape(x.shape[0], *self.out_shape)

@@ -14,6 +14,7 @@ from functools import partial
 import torch
 from torch import Tensor
 
+from ..flowmap import sample_flowmap  # imports samplers.base only, so this order is safe
 from ..model import ModelBase, ModelWrapper
 from ..timesteps import get_timesteps
 from .adaptive import odeint, sample_adaptive
@@ -30,6 +31,7 @@ from .dpm import (
 )
 from .dpm_v3 import sample_dpm_v3
 from .evodiff import sample_evodiff
+from .mrs import sample_mrs, sample_mrs_sde
 from .ode import sample_ddim, sample_euler, sample_heun
 from .sde import sample_ddpm, sample_euler_maruyama
 from .unipc import sample_unipc
@@ -60,6 +62,8 @@ __all__ = [
     "sample_evodiff",
     "sample_heun",
     "sample_ipndm",
+    "sample_mrs",
+    "sample_mrs_sde",
     "sample_unipc",
 ]
 
@@ -123,6 +127,9 @@ for _s in (
         summary="Euler-Maruyama on the reverse SDE (eta scales the noise)",
     ),
     Solver("adaptive", sample_adaptive, 5, None, summary="Dormand-Prince 5(4) with error control (reference)"),
+    Solver("mrs", sample_mrs, 2, 1, summary="MRS-ODE multistep (order 1-3, data or noise form; = DPM-Solver++)"),
+    Solver("mrs_sde", sample_mrs_sde, 2, 1, stochastic=True, summary="MRS-SDE (order 1-2, data or noise form)"),
+    Solver("flowmap", sample_flowmap, 1, 1, default_grid="uniform", summary="jumps of a learned flow map (1-4 steps)"),
     # exponential integrators in log-SNR (samplers/dpm.py, samplers/unipc.py)
     Solver("dpm_solver_1", partial(sample_dpm_solver, order=1), 1, 1, summary="DPM-Solver-1 (noise form; = DDIM)"),
     Solver("dpm_solver_2", partial(sample_dpm_solver, order=2), 2, 2, summary="singlestep DPM-Solver-2 (noise form)"),

@@ -105,6 +105,8 @@ class Trainer:
 
         ids = [self.dist.device.index] if self.dist.device.type == "cuda" else None
         ddp = DDP(self.net, device_ids=ids)
+        if hasattr(self.model, "with_net"):  # model families other than Model rebuild themselves around the DDP net
+            return self.model.with_net(ddp)
         return Model(ddp, self.model.path, self.model.prediction, self.model.precond)
 
     # --- one step ----------------------------------------------------------------------------------------------
@@ -119,6 +121,9 @@ class Trainer:
             drop = torch.rand(n, generator=g) < self.cfg.label_dropout
             cond = {**cond, "y": torch.where(drop, torch.full_like(cond["y"], null), cond["y"])}
         t, noise = self.loss.draw(x0, self.model.path, g)
+        couple = getattr(self.loss, "couple", None)
+        if couple is not None:  # on the global batch, before the rank split (DDP stays equal to one process)
+            x0, noise = couple(x0, noise, g)
         b = n // self.dist.world_size
         sl = slice(self.dist.rank * b, (self.dist.rank + 1) * b)
         dev = self.dist.device
