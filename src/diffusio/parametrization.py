@@ -21,6 +21,8 @@ KINDS: tuple[str, ...] = ("eps", "x0", "v", "score", "velocity")
 
 def _coeffs(path: Path, t: Tensor, x: Tensor, *names: str) -> list[Tensor]:
     fns = {"a": path.alpha, "s": path.sigma, "da": path.d_alpha, "ds": path.d_sigma}
+    if t.ndim == 1 and t.shape[0] > 1 and t.stride(0) == 0:  # one time expanded over the batch (samplers):
+        t = t[:1]  # evaluate the path once; (1, 1, ...) coefficients broadcast against x
     return [broadcast(fns[n](t), x) for n in names]
 
 
