@@ -119,13 +119,19 @@ def test_reverse_adapters(gmm2d):
         to_diffusers(gmm2d.as_model(LinearVP()))
 
 
-def test_k_diffusion_dpmpp_2m_matches(gmm2d):
-    """k-diffusion's DPM-Solver++(2M) on the same denoiser and sigmas equals ours (if k-diffusion is importable)."""
+@pytest.fixture(scope="module")
+def kd():
+    """k-diffusion's sampling module (the bench extra), or a skip."""
     from diffusio.bench.peers import load_k_diffusion_sampling
 
-    kd = load_k_diffusion_sampling()
-    if kd is None:
+    module = load_k_diffusion_sampling()
+    if module is None:
         pytest.skip("k-diffusion is not installed")
+    return module
+
+
+def test_k_diffusion_dpmpp_2m_matches(gmm2d, kd):
+    """k-diffusion's DPM-Solver++(2M) on the same denoiser and sigmas equals ours (if k-diffusion is importable)."""
     path = LinearVP()
     model = gmm2d.as_model(path)
     x = torch.randn(16, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
@@ -137,13 +143,8 @@ def test_k_diffusion_dpmpp_2m_matches(gmm2d):
     assert torch.allclose(out, out_kd, atol=1e-10)
 
 
-def test_k_diffusion_dpmpp_3m_matches(gmm2d):
+def test_k_diffusion_dpmpp_3m_matches(gmm2d, kd):
     """k-diffusion's 3M (eta = 0) is dpmpp_3m_official with the Taylor warm-up step and no lowered final steps."""
-    from diffusio.bench.peers import load_k_diffusion_sampling
-
-    kd = load_k_diffusion_sampling()
-    if kd is None:
-        pytest.skip("k-diffusion is not installed")
     path = LinearVP()
     model = gmm2d.as_model(path)
     x = torch.randn(16, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
