@@ -3,8 +3,8 @@ import os
 import pytest
 import torch
 
+from diffusio.core.paths import EDM, VE, CosineVP, DiscreteDDPM, LinearVP, RectifiedFlow, Trigonometric
 from diffusio.data import GaussianMixture
-from diffusio.paths import EDM, VE, CosineVP, DiscreteDDPM, LinearVP, RectifiedFlow, Trigonometric
 
 os.environ.setdefault("DIFFUSIO_CACHE", os.path.join(os.path.dirname(__file__), "..", ".cache", "test"))
 torch.set_num_threads(1)

@@ -1,6 +1,6 @@
 """Bench reports: the verdicts of ``diffusio bench solvers`` and ``sde-order`` follow from the numbers."""
 
-from diffusio.bench import sde_order, solvers
+from bench import sde_order, solvers
 
 
 def _rows(ours: float, peer: float) -> dict:

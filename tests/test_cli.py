@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import yaml
 
-from diffusio.cli import main
+from diffusio.app.cli import main
 
 TINY = {
     "data": {"name": "toy", "dataset": "rings"},
@@ -113,8 +113,8 @@ def test_solvers_listing(capsys):
 def test_bundled_configs_build(tiny_teacher):
     """Every bundled config names known objects (the model builds; training itself is covered elsewhere). Configs
     that distil or rectify a trained model (flowmap, reflow) get a tiny teacher instead of runs/moons."""
-    from diffusio.config import build_data, build_loss, build_model
-    from diffusio.resources import packaged_config, packaged_configs
+    from diffusio.app.config import build_data, build_loss, build_model
+    from diffusio.app.resources import packaged_config, packaged_configs
 
     assert {"moons", "digits"} <= set(packaged_configs())
     for name in packaged_configs():
@@ -154,7 +154,7 @@ FAMILY_RUNS = {  # bundled config -> (sample arguments, what the sample file mus
 @pytest.mark.parametrize("name", sorted(FAMILY_RUNS))
 def test_family_configs_train_and_sample(name, tmp_path, tiny_teacher, capsys):
     """Every family's bundled config trains (a few steps of a small net) and samples through the CLI."""
-    from diffusio.resources import packaged_config
+    from diffusio.app.resources import packaged_config
 
     cfg = packaged_config(name)
     cfg["net"] = {**cfg["net"], "hidden": 16, "depth": 1, "time_dim": 8}
@@ -175,7 +175,7 @@ def test_family_configs_train_and_sample(name, tmp_path, tiny_teacher, capsys):
 
 def test_fast_demo_writes_the_families_page(tmp_path):
     """The demo's families page (fast mode): six families on moons, a table of sliced W2 and calls, a picture."""
-    from diffusio.demo import run_demo
+    from diffusio.app.demo import run_demo
 
     res = run_demo(tmp_path, fast=True, log=lambda *a: None, parts=("families",))
     report = (tmp_path / "report.md").read_text()

@@ -4,11 +4,14 @@ import math
 
 import pytest
 import torch
+from bench import sde_order
 
-from diffusio.bench import sde_order
+from diffusio.core.paths import EDM, DiscreteDDPM, LinearVP
+from diffusio.core.timesteps import get_timesteps
 from diffusio.data import GaussianMixture
-from diffusio.paths import EDM, DiscreteDDPM, LinearVP
-from diffusio.samplers import SOLVERS, CountingModel, sample
+from diffusio.models import ExactModel
+from diffusio.models.base import CountingModel
+from diffusio.samplers import SOLVERS, sample
 from diffusio.samplers.dpm import fast_orders, phi, sample_dpm_solver, sample_dpmpp_2m, sample_dpmpp_3m
 from diffusio.samplers.dpm_v3 import (
     Statistics,
@@ -22,7 +25,6 @@ from diffusio.samplers.dpm_v3 import (
 from diffusio.samplers.evodiff import sample_evodiff
 from diffusio.samplers.ode import sample_ddim
 from diffusio.samplers.unipc import sample_unipc
-from diffusio.timesteps import get_timesteps
 
 # (solver, options, step counts in the asymptotic regime); declared order from the registry.
 ORDER_CASES = [
@@ -55,7 +57,7 @@ def setup2d():
         torch.tensor([[1.0, 0.0], [-1.0, 0.5], [0.0, -1.0]]), torch.tensor([0.5, 0.6, 0.4]), [0.3, 0.3, 0.4]
     )
     path = LinearVP()
-    model = g.as_model(path)
+    model = ExactModel(g, path)
     x = path.prior_sample((64, 2), generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     ref = sample(model, x, solver="adaptive", steps=1, rtol=1e-10, atol=1e-10).x
     return g, path, model, x, ref
@@ -209,7 +211,7 @@ def test_ems_recovers_gaussian_l():
     """For N(mu, s^2) data, l = sigma^2 / (alpha^2 s^2 + sigma^2) exactly (brief test 5)."""
     mu, s = torch.tensor([[0.3, -0.2]], dtype=torch.float64), 0.7
     path = LinearVP()
-    model = GaussianMixture(mu, s).as_model(path)
+    model = ExactModel(GaussianMixture(mu, s), path)
     data = GaussianMixture(mu, s).sample(256, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     stats = estimate_statistics(model, data, n_grid=20, progress=False)
     t = path.t_of_log_snr(stats.lams)
@@ -235,7 +237,7 @@ def test_dpm_v3_on_a_ring_of_narrow_components():
     ang = torch.arange(8, dtype=torch.float64) * math.pi / 4
     g = GaussianMixture(1.5 * torch.stack([ang.cos(), ang.sin()], 1), 0.2)
     path = DiscreteDDPM()
-    model = g.as_model(path)
+    model = ExactModel(g, path)
     data = g.sample(256, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     stats = estimate_statistics(model, data, n_grid=60, generator=torch.Generator().manual_seed(1), progress=False)
     for name in ("l", "s", "b", "L", "S", "B", "I", "C"):
@@ -257,7 +259,7 @@ def test_dpm_v3_on_a_ring_of_narrow_components():
 def test_v3_statistics_cache_and_missing_error(setup2d):
     g, path, model, x, _ = setup2d
     with pytest.raises(ValueError, match=r"no DPM-Solver-v3 statistics for this model.*statistics_for"):
-        sample(GaussianMixture(torch.zeros(1, 2), 0.9).as_model(path), x, solver="dpm_v3", steps=5)
+        sample(ExactModel(GaussianMixture(torch.zeros(1, 2), 0.9), path), x, solver="dpm_v3", steps=5)
     data = g.sample(64, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     stats = statistics_for(model, data, n_grid=24, progress=False, recompute=True)
     loaded = load_statistics(model)
@@ -293,7 +295,7 @@ def test_evodiff_beats_ddim_and_counts_calls():
     """EDM schedule, 1-D two-mode mixture, batch-level projections (evodiff.md tests 1, 3-5)."""
     path = EDM()
     g = GaussianMixture(torch.tensor([[-1.0], [1.0]]), torch.tensor([0.3, 0.4]), [0.4, 0.6])
-    model = g.as_model(path)
+    model = ExactModel(g, path)
     x = path.prior_sample((400, 1), generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     ref = sample(model, x, solver="adaptive", steps=1, rtol=1e-10, atol=1e-10).x
     errs = {}

@@ -6,9 +6,10 @@ import math
 import pytest
 import torch
 
+from diffusio.core.paths import EDM, VE, CosineVP, LinearVP, RectifiedFlow, Trigonometric
 from diffusio.data import GaussianMixture
 from diffusio.data.sources import FunctionSource
-from diffusio.flow_matching import (
+from diffusio.families.flow_matching import (
     MinibatchOT,
     ReflowCoupling,
     exact_assignment,
@@ -17,15 +18,15 @@ from diffusio.flow_matching import (
     straightness,
     transport_cost,
 )
-from diffusio.interpolants import GaussianMixtureFields, Interpolant, ZeroGamma
-from diffusio.losses import DiffusionLoss, UniformTime, target_value
+from diffusio.families.interpolants import GaussianMixtureFields, Interpolant, ZeroGamma
 from diffusio.metrics import sliced_wasserstein
-from diffusio.model import Model
+from diffusio.models import ExactModel
+from diffusio.models.base import Model
+from diffusio.models.wrappers import Rescheduled
 from diffusio.nets import MLP
-from diffusio.paths import EDM, VE, CosineVP, LinearVP, RectifiedFlow, Trigonometric
-from diffusio.reschedule import Rescheduled
 from diffusio.samplers import sample
-from diffusio.train import TrainConfig, Trainer
+from diffusio.training import TrainConfig, Trainer
+from diffusio.training.losses import DiffusionLoss, UniformTime, target_value
 
 F64 = torch.float64
 
@@ -41,13 +42,13 @@ def test_linear_velocity_closed_form_matches_interpolant_fields(gmm2d):
     fields = GaussianMixtureFields(Interpolant(gamma=ZeroGamma()), GaussianMixture(torch.zeros(1, 2), 1.0), gmm2d)
     x = torch.randn(64, 2, generator=torch.Generator().manual_seed(0), dtype=F64) * 1.5
     t = torch.linspace(0.02, 0.98, 64, dtype=F64)
-    u_lib = gmm2d.as_model(path).predict(x, t, "velocity")
+    u_lib = ExactModel(gmm2d, path).predict(x, t, "velocity")
     assert torch.allclose(u_lib, -fields.velocity(x, 1 - t), atol=1e-10)
 
 
 def test_exact_linear_velocity_transports_noise_to_data(gmm2d):
     """Heun on the exact velocity from N(0, I) at t = 1 reaches the mixture (sliced W2 at the sampling floor)."""
-    model = gmm2d.as_model(RectifiedFlow())
+    model = ExactModel(gmm2d, RectifiedFlow())
     z = torch.randn(8000, 2, generator=torch.Generator().manual_seed(1), dtype=F64)
     x = sample(model, z, solver="heun", steps=60, grid="uniform", t_max=1.0).x
     ref = gmm2d.sample(8000, generator=torch.Generator().manual_seed(2), dtype=F64)
@@ -71,7 +72,7 @@ def test_velocity_loss_target_and_minimiser(gmm2d):
             self.c, self.path = c, path
 
         def predict(self, x, t, kind="x0", **cond):
-            return gmm2d.as_model(path).predict(x, t, "velocity") * self.c
+            return ExactModel(gmm2d, path).predict(x, t, "velocity") * self.c
 
     values = {c: float(loss(Scaled(c), x0, t, noise).mean()) for c in (0.9, 1.0, 1.1)}
     assert values[1.0] < values[0.9] and values[1.0] < values[1.1], values
@@ -119,7 +120,7 @@ def test_trainer_applies_the_coupling_to_the_global_batch():
 
 def test_reflow_pairs_are_ode_couplings(gmm2d):
     """Pairs (x, z): z drawn at t = 1 (pure noise), x its ODE solution; the coupling draws pairs, not halves."""
-    model = gmm2d.as_model(RectifiedFlow())
+    model = ExactModel(gmm2d, RectifiedFlow())
     x, z = reflow_pairs(model, 64, (2,), steps=40, generator=torch.Generator().manual_seed(8), dtype=F64)
     again = sample(model, z.clone(), solver="heun", steps=40, grid="uniform", t_max=1.0).x
     assert torch.allclose(x, again, atol=1e-12)
@@ -134,9 +135,9 @@ def test_reflow_pairs_are_ode_couplings(gmm2d):
 def test_straightness_is_zero_for_a_point_mass_and_positive_for_a_mixture(gmm2d):
     ts = torch.linspace(1.0, 1e-3, 41, dtype=F64)
     z = torch.randn(256, 2, generator=torch.Generator().manual_seed(10), dtype=F64)
-    point = GaussianMixture(torch.tensor([[0.5, -0.2]]), 1e-6).as_model(RectifiedFlow())
+    point = ExactModel(GaussianMixture(torch.tensor([[0.5, -0.2]]), 1e-6), RectifiedFlow())
     s_point, _ = straightness(point, z, ts)
-    s_mix, _ = straightness(gmm2d.as_model(RectifiedFlow()), z, ts)
+    s_mix, _ = straightness(ExactModel(gmm2d, RectifiedFlow()), z, ts)
     assert s_point < 1e-8 and s_mix > 1e-2
 
 
@@ -147,11 +148,11 @@ RESCHEDULE = [LinearVP(), CosineVP(), RectifiedFlow(), Trigonometric(), EDM()]
 @pytest.mark.parametrize("old", [CosineVP(), RectifiedFlow(), EDM()], ids=lambda p: p.name)
 def test_rescheduled_exact_model_equals_exact_model_on_the_new_path(gmm2d, old, new):
     """Exact GMM model on path A, rescheduled to path B == exact GMM model on B, for every head (float64)."""
-    model = Rescheduled(gmm2d.as_model(old), new)
+    model = Rescheduled(ExactModel(gmm2d, old), new)
     t = torch.linspace(new.t_min, new.t_max, 16, dtype=F64)
     x = torch.randn(16, 2, generator=torch.Generator().manual_seed(11), dtype=F64) * float(new.sigma(t).max())
     for kind in ("x0", "eps", "v", "velocity", "score"):
-        want = gmm2d.as_model(new).predict(x, t, kind)
+        want = ExactModel(gmm2d, new).predict(x, t, kind)
         assert torch.allclose(model.predict(x, t, kind), want, rtol=1e-10, atol=1e-10), kind
 
 
@@ -160,23 +161,23 @@ def test_flow_model_sampled_with_dpm_solver_on_a_vp_schedule_and_back(gmm2d, sol
     """A velocity model on the linear path sampled by DDIM / DPM-Solver++ / UniPC on cosine VP equals the same solver
     on the exact VP model; and a VP model sampled by Euler on the linear path equals Euler on the exact flow model."""
     vp, flow = CosineVP(), RectifiedFlow()
-    flow_model = Model(lambda x, t: gmm2d.as_model(flow).predict(x, t, "velocity"), flow, "velocity")
+    flow_model = Model(lambda x, t: ExactModel(gmm2d, flow).predict(x, t, "velocity"), flow, "velocity")
     x = vp.prior_sample((256, 2), generator=torch.Generator().manual_seed(12), dtype=F64)
     a = sample(Rescheduled(flow_model, vp), x, solver=solver, steps=10).x
-    b = sample(gmm2d.as_model(vp), x, solver=solver, steps=10).x
+    b = sample(ExactModel(gmm2d, vp), x, solver=solver, steps=10).x
     assert torch.allclose(a, b, atol=1e-9)
-    back = Rescheduled(gmm2d.as_model(vp), flow)  # and a VP model with Euler on the linear path
+    back = Rescheduled(ExactModel(gmm2d, vp), flow)  # and a VP model with Euler on the linear path
     xf = flow.prior_sample((64, 2), generator=torch.Generator().manual_seed(13), dtype=F64)
     assert torch.allclose(
         sample(back, xf, solver="euler", steps=8).x,
-        sample(gmm2d.as_model(flow), xf, solver="euler", steps=8).x,
+        sample(ExactModel(gmm2d, flow), xf, solver="euler", steps=8).x,
         atol=1e-9,
     )
 
 
 def test_reschedule_out_of_range_is_a_clear_error(gmm2d):
-    model = Rescheduled(gmm2d.as_model(VE()), RectifiedFlow())
+    model = Rescheduled(ExactModel(gmm2d, VE()), RectifiedFlow())
     with pytest.raises(ValueError, match="outside what 've' covers.*narrower interval"):
         model.predict(torch.zeros(2, 2, dtype=F64), torch.tensor([0.001, 0.999], dtype=F64))
     with pytest.raises(TypeError, match="path must be"):
-        Rescheduled(gmm2d.as_model(VE()), "flow")
+        Rescheduled(ExactModel(gmm2d, VE()), "flow")

@@ -6,14 +6,15 @@ import math
 import pytest
 import torch
 
+from diffusio.core.paths import RectifiedFlow
 from diffusio.data import GaussianMixture
 from diffusio.data.sources import FunctionSource
-from diffusio.flowmap import FlowMapDistillation, FlowMapModel, LagrangianTarget
-from diffusio.losses import UniformTime
+from diffusio.families.flowmap import FlowMapDistillation, FlowMapModel, LagrangianTarget
+from diffusio.models import ExactModel
 from diffusio.nets import FlowMapMLP
-from diffusio.paths import RectifiedFlow
 from diffusio.samplers import sample
-from diffusio.train import TrainConfig, Trainer
+from diffusio.training import TrainConfig, Trainer
+from diffusio.training.losses import UniformTime
 
 F64 = torch.float64
 MU, S = 0.7, 0.4
@@ -48,7 +49,7 @@ def _points(n=64, seed=0):
 
 def test_meanflow_identity_holds_for_the_exact_flow_map():
     """u + (s - t) dU/dt (JVP with tangent (u, 1, 0)) reproduces the exact average velocity (brief test 7)."""
-    teacher = GaussianMixture(torch.tensor([[MU]], dtype=F64), S).as_model(PATH)
+    teacher = ExactModel(GaussianMixture(torch.tensor([[MU]], dtype=F64), S), PATH)
     loss = FlowMapDistillation(teacher)
     x, t, s = _points()
     u = teacher.predict(x, t, "velocity")
@@ -67,7 +68,7 @@ def test_jumps_and_the_flowmap_solver():
     res = sample(exact, z, solver="flowmap", steps=2, grid=ts)
     want = _psi(z, torch.full((256,), PATH.t_max, dtype=F64), torch.full((256,), PATH.t_min, dtype=F64))
     assert res.nfe == 2 and torch.allclose(res.x, want, atol=1e-10)
-    teacher = GaussianMixture(torch.tensor([[MU]], dtype=F64), S).as_model(PATH)
+    teacher = ExactModel(GaussianMixture(torch.tensor([[MU]], dtype=F64), S), PATH)
     with pytest.raises(ValueError, match="flowmap solver needs a FlowMapModel"):
         sample(teacher, z, solver="flowmap", steps=2)
 
@@ -87,7 +88,7 @@ def test_distilled_flow_map_samples_in_one_step():
     variance close to the data (brief test 8 for the flow-map objective). One Euler step of the teacher collapses
     to the mean (variance 0); the variance ratio reaches 0.77 here and 0.89 after 1500 steps (measured)."""
     torch.manual_seed(0)  # only the network initialisation; all training draws come from the Trainer's generator
-    teacher = GaussianMixture(torch.tensor([[MU]], dtype=F64), S).as_model(PATH)
+    teacher = ExactModel(GaussianMixture(torch.tensor([[MU]], dtype=F64), S), PATH)
     model = FlowMapModel(FlowMapMLP(1, hidden=64, depth=2, time_dim=16), PATH)
     data = FunctionSource(lambda n, g: MU + S * torch.randn(n, 1, generator=g), (1,))
     loss = FlowMapDistillation(teacher, UniformTime(0.0, 1.0), p_jump=0.75, target=LagrangianTarget(2), adaptive_p=0.0)

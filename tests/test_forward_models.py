@@ -4,9 +4,9 @@ forward-models.md, test 1, runs in ``diffusio bench inverse``)."""
 import torch
 from torch import nn
 
+from diffusio.core.paths import CosineVP
 from diffusio.inverse.forward_models import ContextProjectionGen, ForwardModelDiffusion, LinearPoses, ObservationPairs
-from diffusio.losses import DiffusionLoss, UniformWeight
-from diffusio.paths import CosineVP
+from diffusio.training.losses import DiffusionLoss, UniformWeight
 
 D = 6
 

@@ -5,9 +5,10 @@ import math
 import pytest
 import torch
 
+from diffusio.core.paths import EDM, LinearVP, RectifiedFlow
 from diffusio.data import GaussianMixture
-from diffusio.model import Model
-from diffusio.paths import EDM, LinearVP, RectifiedFlow
+from diffusio.models import ExactModel
+from diffusio.models.base import Model
 
 
 def _full_cov_mixture():
@@ -90,7 +91,7 @@ def test_class_conditional_mixture():
 def test_image_shaped_mixture_and_model_contract():
     g = GaussianMixture(torch.randn(3, 1, 4, 4), 0.5)
     path = LinearVP()
-    model = g.as_model(path)
+    model = ExactModel(g, path)
     x = torch.randn(5, 1, 4, 4)
     out = model(x, 0.5)
     assert out.shape == x.shape and out.dtype == torch.float32
@@ -101,9 +102,9 @@ def test_image_shaped_mixture_and_model_contract():
 def test_k_diffusion_adapter_matches_exact_model():
     """A D(x, sigma) denoiser seen through a VP path equals the exact VP denoiser."""
     g = _full_cov_mixture()
-    edm_exact = g.as_model(EDM())
+    edm_exact = ExactModel(g, EDM())
     kd = Model.from_k_diffusion(lambda x, s: edm_exact(x, s), LinearVP())
-    vp_exact = g.as_model(LinearVP())
+    vp_exact = ExactModel(g, LinearVP())
     x, t = torch.randn(6, 2, dtype=torch.float64), torch.full((6,), 0.37, dtype=torch.float64)
     assert torch.allclose(kd(x, t), vp_exact(x, t), rtol=1e-9, atol=1e-10)
 
@@ -118,7 +119,7 @@ def test_gmm_errors():
 
 
 def test_model_call_checks_time_range():
-    model = GaussianMixture(torch.zeros(1, 2), 1.0).as_model(LinearVP())
+    model = ExactModel(GaussianMixture(torch.zeros(1, 2), 1.0), LinearVP())
     with pytest.raises(ValueError, match=r"t must lie in \[0, 1\]"):
         model(torch.zeros(3, 2), 1.5)
     with pytest.raises(ValueError, match=r"t must have shape \(batch,\) = \(3,\)"):

@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from diffusio.core.paths import EDM, LinearVP
 from diffusio.data import GaussianMixture
 from diffusio.guidance import (
     ClassifierFreeGuidance,
@@ -18,10 +19,10 @@ from diffusio.guidance import (
     sample_at_reward,
     train_noisy_classifier,
 )
-from diffusio.model import Model
+from diffusio.models import ExactModel
+from diffusio.models.base import CountingModel, Model
 from diffusio.nets import MLP
-from diffusio.paths import EDM, LinearVP
-from diffusio.samplers import CountingModel, sample
+from diffusio.samplers import sample
 
 F64 = torch.float64
 
@@ -57,7 +58,7 @@ def _random_conditional_mlp():
 # --- classifier-free guidance -------------------------------------------------------------------------------------
 def test_cfg_scale_one_is_conditional_and_zero_unconditional():
     g, path = _three_classes(), LinearVP()
-    model = g.as_model(path)
+    model = ExactModel(g, path)
     x, t, y = torch.randn(6, 1, dtype=F64), torch.full((6,), 0.4, dtype=F64), torch.tensor([0, 1, 2, 0, 1, 2])
     cond, uncond = model.predict(x, t, "eps", y=y), model.predict(x, t, "eps")
     assert torch.allclose(ClassifierFreeGuidance(model, 1.0).predict(x, t, "eps", y=y), cond, atol=1e-12)
@@ -81,7 +82,7 @@ def test_cfg_batches_the_two_calls():
 
 def test_cfg_interval_switches_guidance_off_outside():
     g, path = _three_classes(), EDM()
-    model = g.as_model(path)
+    model = ExactModel(g, path)
     guided = ClassifierFreeGuidance(model, 4.0, interval=(0.5, 5.0))
     x, y = torch.randn(4, 1, dtype=F64), torch.tensor([0, 1, 2, 1])
     for sigma, inside in [(0.1, False), (1.0, True), (20.0, False)]:
@@ -96,7 +97,7 @@ def test_cfg_strength_raises_confidence_and_lowers_spread():
     """Brief test 3: for the middle class, the Bayes posterior p(y | x) of samples rises and their spread falls
     monotonically in w; w = 1 samples the true class-conditional law."""
     g, path = _three_classes(), LinearVP()
-    model, n = g.as_model(path), 4000
+    model, n = ExactModel(g, path), 4000
     y = torch.full((n,), 1)
     conf, spread = [], []
     for w in (1.0, 2.0, 3.0, 4.0):
@@ -115,7 +116,7 @@ def test_cfg_strength_raises_confidence_and_lowers_spread():
 def test_classifier_guidance_equals_cfg_with_the_exact_classifier():
     """s + w grad log c_t(y | x) = s_null + w (s_y - s_null) when c_t is the mixture's own time-t classifier."""
     g, path = _three_classes(), LinearVP()
-    model = g.as_model(path)
+    model = ExactModel(g, path)
     clf = ClassifierGuidance(model, _exact_classifier(g, path), 2.5)
     cfg = ClassifierFreeGuidance(model, 2.5)
     x, t, y = torch.randn(8, 1, dtype=F64) * 3, torch.rand(8, dtype=F64) * 0.9 + 0.05, torch.randint(0, 3, (8,))
@@ -135,7 +136,7 @@ def test_trained_noisy_classifier_guides_toward_its_class():
     low = torch.full((4000,), path.t_min, dtype=F64)
     acc = float((clf(x, low).argmax(1) == torch.arange(4000) % 2).double().mean())
     assert acc > 0.9
-    model = g.as_model(path)
+    model = ExactModel(g, path)
     y = torch.ones(1000, dtype=torch.long)
     plain = sample(model, shape=(1000, 2), solver="heun", steps=30, generator=_gen()).x
     guided = sample(ClassifierGuidance(model, clf, 3.0), shape=(1000, 2), solver="heun", steps=30, cond={"y": y},
@@ -150,7 +151,7 @@ def _ring():
 
 
 def test_reward_guidance_zero_scale_is_exactly_unguided():
-    model = _ring().as_model(LinearVP())
+    model = ExactModel(_ring(), LinearVP())
     target = torch.tensor([2.0, 0.0], dtype=F64)
     guided = RewardGuidance(model, lambda x0: -((x0 - target) ** 2).sum(1), 0.0)
     a = sample(model, shape=(64, 2), solver="heun", steps=20, generator=_gen()).x
@@ -159,7 +160,7 @@ def test_reward_guidance_zero_scale_is_exactly_unguided():
 
 
 def test_reward_guidance_raises_the_reward_monotonically():
-    model = _ring().as_model(LinearVP())
+    model = ExactModel(_ring(), LinearVP())
     target = torch.tensor([2.0, 0.0], dtype=F64)
 
     def reward(x0):
@@ -174,7 +175,7 @@ def test_reward_guidance_raises_the_reward_monotonically():
 
 
 def test_reward_gradient_matches_finite_differences():
-    model = _ring().as_model(LinearVP())
+    model = ExactModel(_ring(), LinearVP())
     target = torch.tensor([2.0, 0.0], dtype=F64)
 
     def reward(x0):
@@ -192,7 +193,7 @@ def test_reward_gradient_matches_finite_differences():
 
 
 def test_reward_guidance_time_dependent_scale():
-    model = _ring().as_model(LinearVP())
+    model = ExactModel(_ring(), LinearVP())
     guided = RewardGuidance(model, lambda x0: x0[:, 0], lambda t: model.path.sigma(t) ** 2)
     x, t = torch.randn(3, 2, dtype=F64), torch.full((3,), 0.3, dtype=F64)
     x0, g = guided.reward_grad(x, t, {})

@@ -2,15 +2,21 @@
 
 import pytest
 import torch
+from bench.peers import load_diffusers
 
-from diffusio.bench.peers import load_diffusers
-from diffusio.data import GaussianMixture
-from diffusio.interop import alphas_cumprod_from_config, reschedule, to_diffusers, to_k_diffusion
-from diffusio.model import Model
-from diffusio.paths import EDM, DiscreteDDPM, LinearVP, RectifiedFlow
-from diffusio.reschedule import Rescheduled
+from diffusio.core.paths import EDM, DiscreteDDPM, LinearVP, RectifiedFlow
+from diffusio.core.timesteps import get_timesteps
+from diffusio.models import ExactModel
+from diffusio.models.adapters import (
+    alphas_cumprod_from_config,
+    from_diffusers,
+    reschedule,
+    to_diffusers,
+    to_k_diffusion,
+)
+from diffusio.models.base import Model
+from diffusio.models.wrappers import Rescheduled
 from diffusio.samplers import sample
-from diffusio.timesteps import get_timesteps
 
 diffusers = load_diffusers()
 if diffusers is None:
@@ -43,7 +49,7 @@ def test_ddim_matches_diffusers(unet, prediction):
         prediction_type=prediction, clip_sample=False, set_alpha_to_one=False, timestep_spacing="trailing"
     )
     sched.set_timesteps(10)
-    model = Model.from_diffusers(unet, sched)
+    model = from_diffusers(unet, sched)
     x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(1))
     y = x.clone()
     with torch.no_grad():
@@ -61,7 +67,7 @@ def test_dpmpp_multistep_matches_diffusers(unet, order):
         algorithm_type="dpmsolver++", solver_order=order, final_sigmas_type="sigma_min", lower_order_final=True
     )
     sched.set_timesteps(10)
-    model = Model.from_diffusers(unet, sched)
+    model = from_diffusers(unet, sched)
     x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(2))
     y = x.clone()
     with torch.no_grad():
@@ -79,7 +85,7 @@ def test_unipc_matches_diffusers(unet, steps):
     """diffusers' UniPC lowers the final orders at every step count: diffusio's lower_order_final="always"."""
     sched = diffusers.UniPCMultistepScheduler(solver_order=2, final_sigmas_type="sigma_min", lower_order_final=True)
     sched.set_timesteps(steps)
-    model = Model.from_diffusers(unet, sched)
+    model = from_diffusers(unet, sched)
     x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(3))
     y = x.clone()
     with torch.no_grad():
@@ -96,12 +102,12 @@ def test_config_tables_match_diffusers():
         ours = alphas_cumprod_from_config(sched.config)
         assert torch.allclose(ours.float(), sched.alphas_cumprod, atol=1e-6), kind
     with pytest.raises(ValueError, match="unsupported prediction_type"):
-        Model.from_diffusers(lambda x, t: x, {"prediction_type": "flow"})
+        from_diffusers(lambda x, t: x, {"prediction_type": "flow"})
 
 
 def test_reverse_adapters(gmm2d):
     path = DiscreteDDPM()
-    model = gmm2d.as_model(path)
+    model = ExactModel(gmm2d, path)
     x = torch.randn(5, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
     t = torch.full((5,), (499 + 1) / 1000, dtype=torch.float64)
     # k-diffusion: D(x/alpha, sigma/alpha) is the x0 prediction at (x, t)
@@ -109,20 +115,20 @@ def test_reverse_adapters(gmm2d):
     denoiser = to_k_diffusion(model)
     assert torch.allclose(denoiser(x / a, (s / a)[:, 0]), model(x, t), atol=1e-10)
     # and back: Model.from_k_diffusion(to_k_diffusion(m)) is m on any path
-    back = Model.from_k_diffusion(to_k_diffusion(gmm2d.as_model(LinearVP())), LinearVP())
+    back = Model.from_k_diffusion(to_k_diffusion(ExactModel(gmm2d, LinearVP())), LinearVP())
     tl = torch.full((5,), 0.3, dtype=torch.float64)
-    assert torch.allclose(back(x, tl), gmm2d.as_model(LinearVP())(x, tl), atol=1e-10)
+    assert torch.allclose(back(x, tl), ExactModel(gmm2d, LinearVP())(x, tl), atol=1e-10)
     # diffusers style: integer label 499 is t = 0.5
     eps = to_diffusers(model, "epsilon")(x, 499)
     assert torch.allclose(eps, model.eps(x, t), atol=1e-10)
     with pytest.raises(ValueError, match="DiscreteDDPM"):
-        to_diffusers(gmm2d.as_model(LinearVP()))
+        to_diffusers(ExactModel(gmm2d, LinearVP()))
 
 
 @pytest.fixture(scope="module")
 def kd():
     """k-diffusion's sampling module (the bench extra), or a skip."""
-    from diffusio.bench.peers import load_k_diffusion_sampling
+    from bench.peers import load_k_diffusion_sampling
 
     module = load_k_diffusion_sampling()
     if module is None:
@@ -133,7 +139,7 @@ def kd():
 def test_k_diffusion_dpmpp_2m_matches(gmm2d, kd):
     """k-diffusion's DPM-Solver++(2M) on the same denoiser and sigmas equals ours (if k-diffusion is importable)."""
     path = LinearVP()
-    model = gmm2d.as_model(path)
+    model = ExactModel(gmm2d, path)
     x = torch.randn(16, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
     ts = sample(model, x, solver="dpmpp_2m", steps=20).ts
     sig = path.noise_level(ts)
@@ -146,7 +152,7 @@ def test_k_diffusion_dpmpp_2m_matches(gmm2d, kd):
 def test_k_diffusion_dpmpp_3m_matches(gmm2d, kd):
     """k-diffusion's 3M (eta = 0) is dpmpp_3m_official with the Taylor warm-up step and no lowered final steps."""
     path = LinearVP()
-    model = gmm2d.as_model(path)
+    model = ExactModel(gmm2d, path)
     x = torch.randn(16, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
     ts = get_timesteps(path, 7, "logsnr")
     sig, a0, a1 = path.noise_level(ts), float(path.alpha(ts[0])), float(path.alpha(ts[-1]))
@@ -159,19 +165,19 @@ def test_k_diffusion_dpmpp_3m_matches(gmm2d, kd):
 def test_reschedule_keeps_the_ode(gmm2d):
     """An EDM model re-scheduled onto a DDPM table predicts the same x0 at the same noise level."""
     edm, vp = EDM(), DiscreteDDPM()
-    model = reschedule(gmm2d.as_model(edm), vp)
+    model = reschedule(ExactModel(gmm2d, edm), vp)
     assert model.path is vp
     x = torch.randn(5, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
     t = torch.full((5,), 0.4, dtype=torch.float64)
     a, s = vp.alpha(t)[:, None], vp.noise_level(t)
-    assert torch.allclose(model(x, t), gmm2d.as_model(edm)(x / a, s), atol=1e-10)
+    assert torch.allclose(model(x, t), ExactModel(gmm2d, edm)(x / a, s), atol=1e-10)
 
 
 def test_reschedule_clamps_levels_beyond_the_model_path_like_k_diffusion(gmm2d):
     """interop.reschedule is Rescheduled(clamp=True): equal to the k-diffusion round trip, including levels outside
     the model path (a VP model asked at flow-path noise levels above its own top level is clamped, not an error)."""
     vp, flow = LinearVP(), RectifiedFlow()
-    inner = gmm2d.as_model(vp)
+    inner = ExactModel(gmm2d, vp)
     via_kd = Model.from_k_diffusion(to_k_diffusion(inner), flow)
     x = torch.randn(6, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(8)) * 3
     t = torch.tensor([1e-3, 0.2, 0.5, 0.9, 0.995, 0.999], dtype=torch.float64)
@@ -183,5 +189,5 @@ def test_reschedule_clamps_levels_beyond_the_model_path_like_k_diffusion(gmm2d):
 
 
 def test_gaussian_mixture_on_discrete_path_is_a_model(gmm2d):
-    out = sample(GaussianMixture.as_model(gmm2d, DiscreteDDPM()), shape=(4, 2), solver="dpmpp_2m", steps=10)
+    out = sample(ExactModel(gmm2d, DiscreteDDPM()), shape=(4, 2), solver="dpmpp_2m", steps=10)
     assert torch.isfinite(out.x).all()

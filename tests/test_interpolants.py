@@ -7,8 +7,9 @@ import math
 import pytest
 import torch
 
+from diffusio.core.paths import RectifiedFlow, Trigonometric
 from diffusio.data import GaussianMixture
-from diffusio.interpolants import (
+from diffusio.families.interpolants import (
     BrownianGamma,
     ConstantEpsilon,
     CosineDown,
@@ -27,9 +28,9 @@ from diffusio.interpolants import (
     sample_sde,
 )
 from diffusio.metrics import sliced_wasserstein
+from diffusio.models import ExactModel
 from diffusio.nets import MLP
-from diffusio.paths import RectifiedFlow, Trigonometric
-from diffusio.train import TrainConfig, Trainer
+from diffusio.training import TrainConfig, Trainer
 
 F64 = torch.float64
 M, S = torch.tensor([3.0, -1.0], dtype=F64), 0.5
@@ -149,7 +150,7 @@ def test_vp_equivalence_and_rectified_flow():
     lib_drift = path.drift(tl)[:, None] * x - path.diffusion2(tl)[:, None] * data.score(x, tl, path)
     assert torch.allclose(si_drift, -lib_drift, atol=1e-8)
     lin = GaussianMixtureFields(Interpolant(gamma=ZeroGamma()), base, data)
-    assert torch.allclose(lin.velocity(x, t), -data.as_model(RectifiedFlow()).predict(x, tl, "velocity"), atol=1e-8)
+    assert torch.allclose(lin.velocity(x, t), -ExactModel(data, RectifiedFlow()).predict(x, tl, "velocity"), atol=1e-8)
 
 
 def test_one_sided_interpolant_as_a_library_path():

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from diffusio.core.paths import EDM, LinearVP
 from diffusio.data import GaussianMixture
 from diffusio.data.phantoms import phantom_volume, random_phantoms
 from diffusio.inverse import (
@@ -21,7 +22,7 @@ from diffusio.inverse import (
 )
 from diffusio.inverse.smc import stage_one
 from diffusio.metrics import psnr
-from diffusio.paths import EDM, LinearVP
+from diffusio.models import ExactModel
 from diffusio.samplers import sample
 
 F64 = torch.float64
@@ -70,7 +71,7 @@ def test_smc_converges_to_gmm_posterior():
     g, A, s = _mixture(), torch.tensor([[1.0, 0.0]], dtype=F64), 0.7
     y = torch.tensor([[0.4]], dtype=F64)
     post = gmm_posterior(g, A, y[0], s)
-    model, op = g.as_model(LinearVP()), MatrixOperator(A, noise_std=s)
+    model, op = ExactModel(g, LinearVP()), MatrixOperator(A, noise_std=s)
 
     def errors(n, weights=True):
         out = []
@@ -90,7 +91,7 @@ def test_smc_gaussian_prior_one_dimension():
     """Brief test 1 on a VP path: prior N(0, 0.5), A = 1, y = 0.8, sigma_y = 1 -> posterior N(0.8/3, 1/3)."""
     g = GaussianMixture(torch.zeros(1, 1), 0.5**0.5)
     op, y = MatrixOperator(torch.ones(1, 1, dtype=F64), noise_std=1.0), torch.tensor([[0.8]], dtype=F64)
-    r = solve(g.as_model(LinearVP()), op, y, "smc", particles=8192, steps=100, data_var=0.5, generator=_gen(1))
+    r = solve(ExactModel(g, LinearVP()), op, y, "smc", particles=8192, steps=100, data_var=0.5, generator=_gen(1))
     mu, var = _moments(r.info["particles"][0], r.info["log_weights"][0])
     assert abs(float(mu) - 0.8 / 3) < 0.03 and abs(float(var) * 3 - 1) < 0.1
 
@@ -114,7 +115,7 @@ def _normal_problem():
     y = torch.tensor([0.7, -0.4], dtype=F64)
     post_cov = torch.eye(4, dtype=F64) - H.T @ torch.linalg.solve(H @ H.T + 0.09 * torch.eye(2, dtype=F64), H)
     post_mean = H.T @ torch.linalg.solve(H @ H.T + 0.09 * torch.eye(2, dtype=F64), y)
-    return g.as_model(LinearVP()), op, y, post_mean, post_cov
+    return ExactModel(g, LinearVP()), op, y, post_mean, post_cov
 
 
 def test_pigdm_exact_on_standard_normal_prior():
@@ -163,7 +164,7 @@ def test_dps_wrapper_is_score_shift_of_residual_norm_gradient():
 # --- RED-Diff --------------------------------------------------------------------------------------------------------
 def test_reddiff_zero_regulariser_stays_at_pseudo_inverse():
     """lambda = 0 on noiseless inpainting: the data-fit gradient vanishes at A^+ y, so mu does not move."""
-    model = _mixture().as_model(LinearVP())
+    model = ExactModel(_mixture(), LinearVP())
     op = MatrixOperator(torch.tensor([[1.0, 0.0]], dtype=F64))  # observe coordinate 1 of 2
     y = torch.tensor([[0.3], [-0.8]], dtype=F64)
     r = solve(model, op, y, "reddiff", steps=30, reg_weight=0.0, generator=_gen())
@@ -177,7 +178,7 @@ def test_reddiff_gmm_inpainting_lands_on_a_posterior_mode():
     g = GaussianMixture(torch.tensor([[0.0, 1.5], [0.0, -1.5]]), 0.4)
     op = MatrixOperator(torch.tensor([[1.0, 0.0]], dtype=F64))
     y = torch.tensor([[0.2]], dtype=F64).expand(16, 1)
-    r = solve(g.as_model(LinearVP()), op, y, "reddiff", steps=1000, lr=0.05, reg_weight=1.0, generator=_gen())
+    r = solve(ExactModel(g, LinearVP()), op, y, "reddiff", steps=1000, lr=0.05, reg_weight=1.0, generator=_gen())
     assert (r.x[:, 0] - 0.2).abs().max() < 0.05
     at_mode = (r.x[:, 1].abs() - 1.5).abs() < 0.3
     assert at_mode.float().mean() >= 0.8, r.x[:, 1]  # the start A^+ y = (0.2, 0) is the gap's saddle
@@ -214,7 +215,7 @@ def _gaussian_slice_prior(size):
 
 def test_mbir_beats_slice_wise_reconstruction_with_exact_prior():
     size = 12
-    model = _gaussian_slice_prior(size).as_model(EDM(sigma_max=20.0))
+    model = ExactModel(_gaussian_slice_prior(size), EDM(sigma_max=20.0))
     vol = phantom_volume(size, 8, generator=_gen(11)).double()
     op = sparse_view_ct(size, 4, noise_std=0.01)
     y = op.measure(vol, generator=_gen())
@@ -228,7 +229,7 @@ def test_mbir_beats_slice_wise_reconstruction_with_exact_prior():
 
 # --- the front door --------------------------------------------------------------------------------------------------
 def test_solve_rejects_bad_input():
-    model = _mixture().as_model(LinearVP())
+    model = ExactModel(_mixture(), LinearVP())
     op = MatrixOperator(torch.tensor([[1.0, 0.5]], dtype=F64), noise_std=0.1)
     y = torch.zeros(2, 1, dtype=F64)
     with pytest.raises(ValueError, match="unknown method 'nope'"):

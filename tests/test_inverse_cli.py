@@ -5,10 +5,10 @@ import json
 import pytest
 import torch
 
-from diffusio.cli import main
-from diffusio.config import run_training
+from diffusio.app.cli import main
+from diffusio.app.config import run_training
+from diffusio.app.resources import packaged_config
 from diffusio.inverse.tasks import TASKS, make_operator, measurement_image
-from diffusio.resources import packaged_config
 
 
 @pytest.fixture(scope="module")

@@ -5,14 +5,15 @@ import math
 import pytest
 import torch
 
+from diffusio.analysis.likelihood import bits_per_dim, log_likelihood
+from diffusio.core.paths import EDM, LinearVP
 from diffusio.data import GaussianMixture
-from diffusio.likelihood import bits_per_dim, log_likelihood
-from diffusio.paths import EDM, LinearVP
+from diffusio.models import ExactModel
 
 
 @pytest.mark.parametrize("path", [LinearVP(), EDM()], ids=lambda p: p.name)
 def test_exact_divergence_matches_mixture_log_prob(gmm2d, path):
-    model = gmm2d.as_model(path)
+    model = ExactModel(gmm2d, path)
     x = gmm2d.sample(16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     t_min = torch.tensor(path.t_min, dtype=torch.float64)
     truth = gmm2d.log_prob(x, t_min, path)
@@ -30,7 +31,7 @@ def test_hutchinson_is_unbiased_in_higher_dimension():
     means = torch.randn(3, d, generator=gen, dtype=torch.float64)
     g = GaussianMixture(means, torch.tensor([0.6, 0.8, 1.0]))
     path = LinearVP()
-    model = g.as_model(path)
+    model = ExactModel(g, path)
     x = g.sample(8, generator=gen, dtype=torch.float64)
     truth = g.log_prob(x, torch.tensor(path.t_min, dtype=torch.float64), path)
     prior = lambda z: g.log_prob(z, torch.tensor(path.t_max, dtype=torch.float64), path)  # noqa: E731
@@ -51,7 +52,7 @@ def test_bits_per_dim_convention():
 
 
 def test_likelihood_errors(gmm2d):
-    model = gmm2d.as_model(LinearVP())
+    model = ExactModel(gmm2d, LinearVP())
     with pytest.raises(ValueError, match="noise must be"):
         log_likelihood(model, torch.zeros(2, 2, dtype=torch.float64), noise="cauchy")
     with pytest.raises(ValueError, match=r"\(t_min, t_max\) must lie"):

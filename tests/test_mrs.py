@@ -6,9 +6,9 @@ import math
 import pytest
 import torch
 
+from diffusio.core.time import coeffs
 from diffusio.data import GaussianMixture
-from diffusio.model import ModelBase
-from diffusio.mrsde import (
+from diffusio.families.mean_reverting.sde import (
     ConstantTheta,
     CosineTheta,
     MRLoss,
@@ -18,8 +18,9 @@ from diffusio.mrsde import (
     gaussian_blur,
     restore,
 )
+from diffusio.models import ExactModel
+from diffusio.models.base import ModelBase
 from diffusio.samplers import SOLVERS, sample
-from diffusio.samplers.base import coeffs
 
 F64 = torch.float64
 MU = torch.tensor([1.0, -0.5], dtype=F64)
@@ -32,7 +33,7 @@ LONG = ConstantTheta(theta_rate=1.0, max_sigma=LAM, T=10.0, t_min=1e-3)
 
 def _toy(s0=S0, path=PATH):
     """x_0 ~ N(m0, s0^2 I) with mu fixed: in u = (x - mu)/lam, u_0 ~ N((m0 - mu)/lam, (s0/lam)^2 I)."""
-    return GaussianMixture(((M0 - MU) / LAM)[None], max(s0, 1e-9) / LAM).as_model(path)
+    return ExactModel(GaussianMixture(((M0 - MU) / LAM)[None], max(s0, 1e-9) / LAM), path)
 
 
 def _exact_flow(x, s0=S0, path=PATH):
@@ -128,7 +129,7 @@ def _orders(model, x, steps=(20, 40, 80), **opts):
 def test_measured_convergence_order(opts, order):
     """Log-SNR grid against a tight adaptive reference on a 4-component mixture (brief test 3)."""
     g = GaussianMixture(torch.tensor([[1.0, 0.0], [-1.0, 0.5], [0.0, -1.0], [0.5, 1.0]]), 0.4)
-    model = g.as_model(PATH)
+    model = ExactModel(g, PATH)
     x = PATH.prior_sample((128, 2), generator=torch.Generator().manual_seed(2), dtype=F64)
     measured = _orders(model, x, **opts)
     assert abs(measured[-1] - order) < 0.35, measured
@@ -138,7 +139,7 @@ def test_official_third_order_weight_is_not_third_order():
     """The official D2 weight (half the Taylor coefficient) loses an order; taylor3 restores it (same grids)."""
     g = GaussianMixture(torch.tensor([[1.0, 0.0], [-1.0, 0.5], [0.0, -1.0], [0.5, 1.0]]), 0.4)
     x = PATH.prior_sample((128, 2), generator=torch.Generator().manual_seed(2), dtype=F64)
-    official = _orders(g.as_model(PATH), x, steps=(40, 80, 160), order=3)
+    official = _orders(ExactModel(g, PATH), x, steps=(40, 80, 160), order=3)
     assert official[-1] < 2.6, official
 
 

@@ -124,7 +124,7 @@ def test_phantoms_shapes_and_range():
 # --- agreement with deepinv (optional peer) --------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def dinv():
-    from diffusio.bench.peers import import_deepinv
+    from bench.peers import import_deepinv
 
     mod = import_deepinv()
     if mod is None:

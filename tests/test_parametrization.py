@@ -4,8 +4,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from diffusio.parametrization import KINDS, convert, from_x0, to_x0
-from diffusio.paths import broadcast
+from diffusio.core.parametrization import KINDS, convert, from_x0, to_x0
+from diffusio.core.time import broadcast
 
 from .conftest import ALL_PATHS
 

@@ -7,8 +7,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from diffusio.paths import EDM, CosineVP, DiscreteDDPM, LinearVP, RectifiedFlow, broadcast
-from diffusio.timesteps import get_timesteps
+from diffusio.core.paths import EDM, CosineVP, DiscreteDDPM, LinearVP, RectifiedFlow
+from diffusio.core.time import broadcast
+from diffusio.core.timesteps import get_timesteps
 
 from .conftest import ALL_PATHS, SMOOTH_PATHS, path_id
 

@@ -7,11 +7,11 @@ import pytest
 import torch
 from scipy import stats
 
-from diffusio.losses import DiffusionLoss, EDMLogNormal, EDMWeight
-from diffusio.model import EDMPrecond, Model
-from diffusio.paths import EDM
-from diffusio.pfgmpp import PFGMPP, PointSetModel, sample_chi2, sample_kernel
+from diffusio.core.paths import EDM
+from diffusio.families.pfgmpp import PFGMPP, PointSetModel, sample_chi2, sample_kernel
+from diffusio.models.base import EDMPrecond, Model
 from diffusio.samplers import sample
+from diffusio.training.losses import DiffusionLoss, EDMLogNormal, EDMWeight
 
 F64 = torch.float64
 

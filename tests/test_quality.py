@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from diffusio.config import load_model, run_training
-from diffusio.evaluation import evaluate, generate, reference_data
+from diffusio.app.config import load_model, run_training
+from diffusio.app.evaluation import evaluate, generate, reference_data
+from diffusio.app.resources import packaged_config
 from diffusio.metrics import get_digits_classifier
-from diffusio.resources import packaged_config
 
 
 @pytest.mark.slow

@@ -5,8 +5,9 @@ import math
 import pytest
 import torch
 
+from diffusio.core.paths import EDM, VE, CosineVP, LinearVP, RectifiedFlow
 from diffusio.data import GaussianMixture
-from diffusio.paths import EDM, VE, CosineVP, LinearVP, RectifiedFlow
+from diffusio.models import ExactModel
 from diffusio.samplers import SOLVERS, odeint, sample
 
 ORDER_PATHS = [LinearVP(), EDM(), RectifiedFlow(), CosineVP(), VE()]
@@ -25,7 +26,7 @@ def measured_order(model, solver, x, grid="logsnr", steps=(32, 64, 128), **opts)
 @pytest.mark.parametrize("path", ORDER_PATHS, ids=lambda p: p.name)
 @pytest.mark.parametrize("solver", ["euler", "heun", "ddim"])
 def test_convergence_order(gmm2d, path, solver):
-    model = gmm2d.as_model(path)
+    model = ExactModel(gmm2d, path)
     x = path.prior_sample((128, 2), generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     orders, errs = measured_order(model, solver, x)
     declared = SOLVERS[solver].order
@@ -34,7 +35,7 @@ def test_convergence_order(gmm2d, path, solver):
 
 def test_adaptive_reference_is_converged(gmm2d):
     """Tightening the tolerance changes the reference by far less than any solver error we measure."""
-    model = gmm2d.as_model(LinearVP())
+    model = ExactModel(gmm2d, LinearVP())
     x = LinearVP().prior_sample((64, 2), generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     a = sample(model, x, solver="adaptive", steps=1, rtol=1e-8, atol=1e-8).x
     b = sample(model, x, solver="adaptive", steps=1, rtol=1e-11, atol=1e-11).x
@@ -51,7 +52,7 @@ def test_gaussian_pf_ode_closed_form():
     mu, s = torch.tensor([[0.5, -1.0]], dtype=torch.float64), 0.7
     g, path = GaussianMixture(mu, s), LinearVP()
     x = path.prior_sample((64, 2), generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-    model = g.as_model(path)
+    model = ExactModel(g, path)
     t0, t1 = torch.tensor(path.t_max, dtype=torch.float64), torch.tensor(path.t_min, dtype=torch.float64)
     m = lambda t: torch.sqrt(path.alpha(t) ** 2 * s**2 + path.sigma(t) ** 2)  # noqa: E731
     exact = path.alpha(t1) * mu + m(t1) / m(t0) * (x - path.alpha(t0) * mu)
@@ -65,7 +66,7 @@ def test_gaussian_pf_ode_closed_form():
 def test_ddim_single_step_exact_for_point_mass():
     """With (near) point-mass data x0_hat is constant, so one DDIM step is exact; one Euler step is not."""
     g, path = GaussianMixture(torch.tensor([[0.3, -0.4]], dtype=torch.float64), 1e-7), LinearVP()
-    model = g.as_model(path)
+    model = ExactModel(g, path)
     x = path.prior_sample((16, 2), generator=torch.Generator().manual_seed(4), dtype=torch.float64)
     ts = torch.tensor([path.t_max, path.t_min], dtype=torch.float64)
     a1, s1 = path.alpha(ts[1]), path.sigma(ts[1])
@@ -77,7 +78,7 @@ def test_ddim_single_step_exact_for_point_mass():
 
 
 def test_ddpm_equals_ddim_eta_one(gmm2d):
-    model = gmm2d.as_model(LinearVP())
+    model = ExactModel(gmm2d, LinearVP())
     x = torch.randn(32, 2, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     a = sample(model, x, solver="ddpm", steps=20, generator=torch.Generator().manual_seed(9)).x
     b = sample(model, x, solver="ddim", steps=20, eta=1.0, generator=torch.Generator().manual_seed(9)).x
@@ -101,7 +102,7 @@ def _moments_match(x, g, n_se=4.0):
 )
 def test_stochastic_samplers_reach_the_data_distribution(gmm2d, solver, opts):
     """Mean, variance and mode weight of 20k samples agree with the data (catches a wrong (1+eta^2)/2 factor)."""
-    model = gmm2d.as_model(LinearVP())
+    model = ExactModel(gmm2d, LinearVP())
     gen = torch.Generator().manual_seed(6)
     steps = 150 if solver == "heun" else 300  # Heun makes 2 calls per step
     out = sample(model, shape=(20_000, 2), solver=solver, steps=steps, grid="uniform", generator=gen, **opts).x
@@ -116,9 +117,9 @@ def test_wrong_noise_factor_is_detected(gmm2d):
         path = LinearVP()
 
         def predict(self, x, t, kind="x0", **cond):
-            from diffusio.parametrization import convert
+            from diffusio.core.parametrization import convert
 
-            s = gmm2d.as_model(self.path).predict(x, t, "score") * 0.5
+            s = ExactModel(gmm2d, self.path).predict(x, t, "score") * 0.5
             return convert(s, "score", kind, x, t, self.path)
 
     ts = torch.linspace(1.0, 1e-3, 201, dtype=torch.float64)
@@ -128,7 +129,7 @@ def test_wrong_noise_factor_is_detected(gmm2d):
 
 
 def test_nfe_reported(gmm2d):
-    model = gmm2d.as_model(LinearVP())
+    model = ExactModel(gmm2d, LinearVP())
     for name in ["euler", "heun", "ddim", "ddpm", "euler_maruyama"]:
         res = sample(model, shape=(8, 2), solver=name, steps=7)
         assert res.nfe == SOLVERS[name].nfe(7), name
@@ -136,7 +137,7 @@ def test_nfe_reported(gmm2d):
 
 
 def test_sample_errors(gmm2d):
-    model = gmm2d.as_model(LinearVP())
+    model = ExactModel(gmm2d, LinearVP())
     with pytest.raises(ValueError, match=r"unknown solver 'dpm9'; valid: .*ddim.*heun"):
         sample(model, shape=(2, 2), solver="dpm9")
     with pytest.raises(ValueError, match="steps must be an integer >= 1"):

@@ -8,11 +8,12 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from diffusio.config import build_data, build_loss, build_model, load_model, run_training
-from diffusio.losses import DiffusionLoss, EDMWeight, MinSNR, UniformTime, UniformWeight, x0_error_factor
-from diffusio.model import EDMPrecond, Model
-from diffusio.paths import EDM, LinearVP, RectifiedFlow
-from diffusio.train import TrainConfig, Trainer, load_checkpoint
+from diffusio.app.config import build_data, build_loss, build_model, load_model, run_training
+from diffusio.core.paths import EDM, LinearVP, RectifiedFlow
+from diffusio.models import ExactModel
+from diffusio.models.base import EDMPrecond, Model
+from diffusio.training import TrainConfig, Trainer, load_checkpoint
+from diffusio.training.losses import DiffusionLoss, EDMWeight, MinSNR, UniformTime, UniformWeight, x0_error_factor
 
 TINY = {
     "data": {"name": "toy", "dataset": "moons"},
@@ -96,7 +97,7 @@ def _free_port():
 def _ddp_worker(rank, world, port, out, cfg):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
     torch.set_num_threads(1)
-    from diffusio.train import cleanup, setup
+    from diffusio.training import cleanup, setup
 
     info = setup("cpu")
     run_training(cfg, out, steps=8, dist_info=info)
@@ -122,7 +123,7 @@ def test_ddp_two_processes_match_one_process_with_double_batch(tmp_path):
 def test_min_snr_loss_is_one_objective_for_every_target(target, gmm2d):
     """Min-SNR on any target equals Min-SNR on x0, sample by sample (the weights carry the exact conversion)."""
     path = LinearVP()
-    exact = gmm2d.as_model(path)
+    exact = ExactModel(gmm2d, path)
     x0 = gmm2d.sample(4096, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     loss = DiffusionLoss(target, UniformTime(0.2, 0.8), MinSNR(5.0))
     t, noise = loss.draw(x0, path, torch.Generator().manual_seed(1))
@@ -188,7 +189,7 @@ def test_config_errors():
     with pytest.raises(ValueError, match="unknown weighting"):
         build_loss({"loss": {"weighting": "snr"}}, build_model(TINY, (2,)))
     with pytest.raises(ValueError, match="divisible by the number of processes"):
-        from diffusio.train import DistInfo
+        from diffusio.training import DistInfo
 
         m = build_model(TINY, (2,))
         Trainer(m, build_loss(TINY, m), build_data(TINY["data"]), TrainConfig(batch_size=5), dist_info=DistInfo(0, 2))

@@ -5,9 +5,10 @@ wraps a network; ``diffusio.paths`` holds the forward processes; ``diffusio.data
 ground truth.
 """
 
-from . import parametrization, paths, timesteps
-from .model import EDMPrecond, Model, ModelBase, ModelWrapper
-from .samplers import SOLVERS, SampleResult, sample
+from diffusio import families  # noqa: F401  (registers the families' solvers)
+from diffusio.core import parametrization, paths, timesteps
+from diffusio.models.base import EDMPrecond, Model, ModelBase, ModelWrapper
+from diffusio.samplers import SOLVERS, SampleResult, sample
 
 __version__ = "0.1.0"
 

@@ -74,3 +74,18 @@ def save_json(obj: Any, path: str | os.PathLike) -> Path:
             f.write("\n")
 
     return _atomic_write(path, write)
+
+
+def cache_dir(*parts: str) -> Path:
+    """diffusio's cache directory (models trained for benchmarks, solver statistics), created on first use.
+
+    ``$DIFFUSIO_CACHE`` if set, else ``$XDG_CACHE_HOME/diffusio`` (default ``~/.cache/diffusio``); never the
+    working directory unless that is what the variable says. ``parts`` name a subdirectory.
+    """
+    root = os.environ.get("DIFFUSIO_CACHE")
+    if not root:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        root = os.path.join(base, "diffusio")
+    out = Path(root, *parts)
+    out.mkdir(parents=True, exist_ok=True)
+    return out

@@ -1,14 +1,13 @@
 """Bundled and generated data: Gaussian mixtures with exact answers, 2-D toys, digits, images."""
 
-from .digits import load_digits
-from .gmm import ExactModel, GaussianMixture
-from .images import image_patches, load_image_folder
-from .sources import FunctionSource, TensorSource
-from .toy import TOY_DATASETS, sample_toy
+from diffusio.data.digits import load_digits
+from diffusio.data.gmm import GaussianMixture
+from diffusio.data.images import image_patches, load_image_folder
+from diffusio.data.sources import FunctionSource, TensorSource
+from diffusio.data.toy import TOY_DATASETS, sample_toy
 
 __all__ = [
     "TOY_DATASETS",
-    "ExactModel",
     "FunctionSource",
     "GaussianMixture",
     "TensorSource",

@@ -10,17 +10,22 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Protocol
 
 import torch
 from torch import Tensor
 
-from ..model import ModelBase, as_time
-from ..parametrization import convert
-from ..paths import Path
-
-__all__ = ["ExactModel", "GaussianMixture"]
+__all__ = ["GaussianMixture"]
 
 _F64 = torch.float64
+
+
+class Path(Protocol):
+    """What the mixture needs of a forward path ``x_t = alpha(t) x0 + sigma(t) eps`` (any ``diffusio`` path)."""
+
+    def alpha(self, t: Tensor) -> Tensor: ...
+
+    def sigma(self, t: Tensor) -> Tensor: ...
 
 
 class GaussianMixture:
@@ -115,7 +120,8 @@ class GaussianMixture:
             )
         if path is None:
             raise ValueError("pass path=... together with t")
-        t = as_time(t, x).to(_F64)
+        t = torch.as_tensor(t, dtype=_F64, device=x.device)
+        t = t.expand(x.shape[0]) if t.ndim == 0 else t
         return path.alpha(t), path.sigma(t)
 
     # --- public --------------------------------------------------------------------------------------------
@@ -167,21 +173,3 @@ class GaussianMixture:
         covs = torch.diag_embed(self.evals) if self.U is None else self.U @ torch.diag_embed(self.evals) @ self.U.mT
         m = self.means - self.mean().reshape(-1)
         return (w[:, None, None] * (covs + m[:, :, None] * m[:, None, :])).sum(0)
-
-    def as_model(self, path: Path) -> ExactModel:
-        """This mixture's exact denoiser as a diffusio Model on ``path``."""
-        return ExactModel(self, path)
-
-
-class ExactModel(ModelBase):
-    """A Model whose x0 prediction is the exact posterior mean of a Gaussian mixture (computed in float64)."""
-
-    def __init__(self, mixture: GaussianMixture, path: Path):
-        super().__init__()
-        self.mixture = mixture
-        self.path = path
-
-    def predict(self, x: Tensor, t: Tensor, kind: str = "x0", y=None) -> Tensor:
-        x64, t64 = x.to(_F64), as_time(t, x).to(_F64)
-        x0 = self.mixture.denoise(x64, t64, self.path, y)
-        return convert(x0, "x0", kind, x64, t64, self.path).to(x.dtype)

@@ -6,8 +6,8 @@ Strength convention (all wrappers): ``scale`` w with s_w = s_uncond + w (s_cond 
 conditional sampling, w = 0 unconditional.
 """
 
-from .classifier import NoisyClassifier, train_noisy_classifier
-from .optimization import (
+from diffusio.guidance.classifier import NoisyClassifier, train_noisy_classifier
+from diffusio.guidance.optimization import (
     LinearReward,
     PseudoLabelSource,
     ScalarConditionMLP,
@@ -15,7 +15,7 @@ from .optimization import (
     reward_conditioned_model,
     sample_at_reward,
 )
-from .wrappers import ClassifierFreeGuidance, ClassifierGuidance, RewardGuidance, score_shift
+from diffusio.guidance.wrappers import ClassifierFreeGuidance, ClassifierGuidance, RewardGuidance, score_shift
 
 __all__ = [
     "ClassifierFreeGuidance",

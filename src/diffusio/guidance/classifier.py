@@ -12,8 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..nets import MLP
-from ..paths import Path, broadcast
+from diffusio.core.paths import Path
+from diffusio.core.time import broadcast
+from diffusio.nets import MLP
 
 __all__ = ["NoisyClassifier", "train_noisy_classifier"]
 

@@ -15,14 +15,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..losses import DiffusionLoss
-from ..model import Model
-from ..nets import MLP
-from ..nets.layers import FourierTimeEmbedding
-from ..paths import LinearVP, Path
-from ..samplers import sample
-from ..train import TrainConfig, Trainer
-from .wrappers import ClassifierFreeGuidance
+from diffusio.core.paths import LinearVP, Path
+from diffusio.guidance.wrappers import ClassifierFreeGuidance
+from diffusio.models.base import Model
+from diffusio.nets import MLP
+from diffusio.nets.layers import FourierTimeEmbedding
+from diffusio.samplers import sample
+from diffusio.training import TrainConfig, Trainer
+from diffusio.training.losses import DiffusionLoss
 
 __all__ = [
     "LinearReward",

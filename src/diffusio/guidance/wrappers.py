@@ -18,9 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..model import ModelBase, ModelWrapper
-from ..parametrization import convert
-from ..paths import Path, broadcast
+from diffusio.core.parametrization import convert
+from diffusio.core.paths import Path
+from diffusio.core.time import broadcast
+from diffusio.models.base import ModelBase, ModelWrapper
 
 __all__ = ["ClassifierFreeGuidance", "ClassifierGuidance", "RewardGuidance", "score_shift"]
 

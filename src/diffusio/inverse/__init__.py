@@ -15,12 +15,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from ..model import ModelBase
-from ..samplers import CountingModel
-from .exact import gmm_posterior
-from .guided import DPSGuidance, PiGDMGuidance, solve_dps, solve_pigdm
-from .mbir import admm_tv_step, diff_z, diff_z_adjoint, solve_mbir
-from .operators import (
+from diffusio.inverse.exact import gmm_posterior
+from diffusio.inverse.guided import DPSGuidance, PiGDMGuidance, solve_dps, solve_pigdm
+from diffusio.inverse.mbir import admm_tv_step, diff_z, diff_z_adjoint, solve_mbir
+from diffusio.inverse.operators import (
     MRI,
     GaussianBlur,
     Inpainting,
@@ -36,8 +34,9 @@ from .operators import (
     random_mask,
     sparse_view_ct,
 )
-from .reddiff import SNRWeight, solve_reddiff
-from .smc import solve_smc
+from diffusio.inverse.reddiff import SNRWeight, solve_reddiff
+from diffusio.inverse.smc import solve_smc
+from diffusio.models.base import CountingModel, ModelBase
 
 __all__ = [
     "METHODS",

@@ -13,7 +13,7 @@ import math
 import torch
 from torch import Tensor
 
-from ..data.gmm import GaussianMixture
+from diffusio.data.gmm import GaussianMixture
 
 __all__ = ["component_covariances", "gmm_posterior"]
 

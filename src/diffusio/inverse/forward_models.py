@@ -16,13 +16,13 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from ..losses import DiffusionLoss, UniformWeight
-from ..model import ModelBase
-from ..nets import MLP
-from ..parametrization import convert
-from ..paths import Path
-from ..samplers import sample
-from ..train import TrainConfig, Trainer
+from diffusio.core.parametrization import convert
+from diffusio.core.paths import Path
+from diffusio.models.base import ModelBase
+from diffusio.nets import MLP
+from diffusio.samplers import sample
+from diffusio.training import TrainConfig, Trainer
+from diffusio.training.losses import DiffusionLoss, UniformWeight
 
 __all__ = [
     "ContextProjectionGen",

@@ -12,13 +12,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..model import ModelBase, ModelWrapper
-from ..parametrization import convert
-from ..paths import broadcast
-from ..samplers.base import coeffs, time_batch
-from ..samplers.ode import sample_ddim
-from ..timesteps import get_timesteps
-from .operators import LinearOperator, Operator
+from diffusio.core.parametrization import convert
+from diffusio.core.time import broadcast, coeffs, time_batch
+from diffusio.core.timesteps import get_timesteps
+from diffusio.inverse.operators import LinearOperator, Operator
+from diffusio.models.base import ModelBase, ModelWrapper
+from diffusio.samplers.ode import sample_ddim
 
 __all__ = ["DPSGuidance", "PiGDMGuidance", "solve_dps", "solve_pigdm"]
 

@@ -14,10 +14,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..model import ModelBase
-from ..samplers.base import coeffs, time_batch
-from ..timesteps import get_timesteps
-from .operators import LinearOperator, conjugate_gradient
+from diffusio.core.time import coeffs, time_batch
+from diffusio.core.timesteps import get_timesteps
+from diffusio.inverse.operators import LinearOperator, conjugate_gradient
+from diffusio.models.base import ModelBase
 
 __all__ = ["admm_tv_step", "diff_z", "diff_z_adjoint", "soft_threshold", "solve_mbir"]
 

@@ -16,11 +16,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..model import ModelBase
-from ..paths import Path
-from ..samplers.base import time_batch
-from ..timesteps import get_timesteps
-from .operators import Operator
+from diffusio.core.paths import Path
+from diffusio.core.time import time_batch
+from diffusio.core.timesteps import get_timesteps
+from diffusio.inverse.operators import Operator
+from diffusio.models.base import ModelBase
 
 __all__ = ["SNRWeight", "solve_reddiff"]
 

@@ -17,10 +17,10 @@ import math
 import torch
 from torch import Tensor
 
-from ..model import ModelBase
-from ..samplers.base import time_batch
-from ..timesteps import get_timesteps
-from .operators import LinearOperator, conjugate_gradient
+from diffusio.core.time import time_batch
+from diffusio.core.timesteps import get_timesteps
+from diffusio.inverse.operators import LinearOperator, conjugate_gradient
+from diffusio.models.base import ModelBase
 
 __all__ = ["solve_smc", "stage_one"]
 

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .operators import (
+from diffusio.inverse.operators import (
     MRI,
     GaussianBlur,
     Inpainting,
@@ -82,21 +82,21 @@ def ground_truth(data_cfg: dict, n: int, *, seed: int = 1234, task: str = "inpai
     if task == "ct3d":
         if name != "phantoms":
             raise ValueError("task ct3d needs a prior trained on phantoms (data: {name: phantoms})")
-        from ..data.phantoms import phantom_volume
+        from diffusio.data.phantoms import phantom_volume
 
         return phantom_volume(data_cfg.get("size", 32), slices, generator=g)
     if name == "digits":
-        from ..data.digits import load_digits
+        from diffusio.data.digits import load_digits
 
         x, _ = load_digits(data_cfg.get("size", 8), data_cfg.get("mode", "pad"), "test")
         return x[torch.randperm(len(x), generator=g)[:n]]
     if name == "patches":
-        from ..data.images import image_patches
+        from diffusio.data.images import image_patches
 
         # held-out region of every photograph (the patches config trains on split "train", left of it)
         return image_patches(data_cfg.get("image", "all"), data_cfg.get("size", 16), n, generator=g, split="test")
     if name == "phantoms":
-        from ..data.phantoms import random_phantoms
+        from diffusio.data.phantoms import random_phantoms
 
         return random_phantoms(n, data_cfg.get("size", 32), generator=g)
     raise ValueError(f"no held-out images for data {name!r}; the inverse tasks support digits, patches, phantoms")

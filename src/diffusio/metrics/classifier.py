@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from safetensors import SafetensorError
 from torch import Tensor, nn
 
-from ..data.digits import DIGIT_MODES, DIGIT_SIZES, load_digits
-from ..io import load_safetensors, save_safetensors
+from diffusio.data.digits import DIGIT_MODES, DIGIT_SIZES, load_digits
+from diffusio.io import load_safetensors, save_safetensors
 
 __all__ = ["DigitsClassifier", "default_cache_dir", "get_digits_classifier", "train_digits_classifier"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .distances import check_samples
+from diffusio.metrics.distances import check_samples
 
 __all__ = ["classifier_confidence", "classifier_features", "digits_frechet_distance", "frechet_distance"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from .layers import ConditionEmbedding, FourierTimeEmbedding, check_batch, zero_module
+from diffusio.nets.layers import ConditionEmbedding, FourierTimeEmbedding, check_batch, zero_module
 
 __all__ = ["MLP", "FlattenNet", "FlowMapMLP"]
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .layers import ConditionEmbedding, check_batch, group_norm, zero_module
+from diffusio.nets.layers import ConditionEmbedding, check_batch, group_norm, zero_module
 
 __all__ = ["UNet"]
 

@@ -14,12 +14,11 @@ from functools import partial
 import torch
 from torch import Tensor
 
-from ..flowmap import sample_flowmap  # imports samplers.base only, so this order is safe
-from ..model import ModelBase, ModelWrapper
-from ..timesteps import get_timesteps
-from .adaptive import odeint, sample_adaptive
-from .base import Callback, Step
-from .dpm import (
+from diffusio.core.timesteps import get_timesteps
+from diffusio.models.base import CountingModel, ModelBase
+from diffusio.samplers.adaptive import odeint, sample_adaptive
+from diffusio.samplers.base import Callback, Step
+from diffusio.samplers.dpm import (
     sample_dpm_solver,
     sample_dpm_solver_fast,
     sample_dpmpp_2m,
@@ -29,16 +28,14 @@ from .dpm import (
     sample_dpmpp_3m_sde,
     sample_ipndm,
 )
-from .dpm_v3 import sample_dpm_v3
-from .evodiff import sample_evodiff
-from .mrs import sample_mrs, sample_mrs_sde
-from .ode import sample_ddim, sample_euler, sample_heun
-from .sde import sample_ddpm, sample_euler_maruyama
-from .unipc import sample_unipc
+from diffusio.samplers.dpm_v3 import sample_dpm_v3
+from diffusio.samplers.evodiff import sample_evodiff
+from diffusio.samplers.ode import sample_ddim, sample_euler, sample_heun
+from diffusio.samplers.sde import sample_ddpm, sample_euler_maruyama
+from diffusio.samplers.unipc import sample_unipc
 
 __all__ = [
     "SOLVERS",
-    "CountingModel",
     "SampleResult",
     "Solver",
     "Step",
@@ -62,8 +59,6 @@ __all__ = [
     "sample_evodiff",
     "sample_heun",
     "sample_ipndm",
-    "sample_mrs",
-    "sample_mrs_sde",
     "sample_unipc",
 ]
 
@@ -127,9 +122,6 @@ for _s in (
         summary="Euler-Maruyama on the reverse SDE (eta scales the noise)",
     ),
     Solver("adaptive", sample_adaptive, 5, None, summary="Dormand-Prince 5(4) with error control (reference)"),
-    Solver("mrs", sample_mrs, 2, 1, summary="MRS-ODE multistep (order 1-3, data or noise form; = DPM-Solver++)"),
-    Solver("mrs_sde", sample_mrs_sde, 2, 1, stochastic=True, summary="MRS-SDE (order 1-2, data or noise form)"),
-    Solver("flowmap", sample_flowmap, 1, 1, default_grid="uniform", summary="jumps of a learned flow map (1-4 steps)"),
     # exponential integrators in log-SNR (samplers/dpm.py, samplers/unipc.py)
     Solver("dpm_solver_1", partial(sample_dpm_solver, order=1), 1, 1, summary="DPM-Solver-1 (noise form; = DDIM)"),
     Solver("dpm_solver_2", partial(sample_dpm_solver, order=2), 2, 2, summary="singlestep DPM-Solver-2 (noise form)"),
@@ -209,18 +201,6 @@ for _s in (
     Solver("ipndm", sample_ipndm, 4, 1, min_steps=4, summary="iPNDM: variable-step Adams-Bashforth-4 in sigma/alpha"),
 ):
     register_solver(_s)
-
-
-class CountingModel(ModelWrapper):
-    """Counts batched model calls (``calls``) made through it."""
-
-    def __init__(self, inner: ModelBase):
-        super().__init__(inner)
-        self.calls = 0
-
-    def predict(self, x, t, kind="x0", **cond):
-        self.calls += 1
-        return self.inner.predict(x, t, kind, **cond)
 
 
 @dataclass

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..model import ModelBase
-from .base import Callback, Step, time_batch
+from diffusio.core.time import time_batch
+from diffusio.models.base import ModelBase
+from diffusio.samplers.base import Callback, Step
 
 __all__ = ["DOPRI5", "ButcherTableau", "odeint", "sample_adaptive"]
 

@@ -18,9 +18,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..model import ModelBase
-from ..timesteps import check_grid
-from .base import Callback, Step, model_x0, time_batch
+from diffusio.core.time import time_batch
+from diffusio.core.timesteps import check_grid
+from diffusio.models.base import ModelBase
+from diffusio.samplers.base import Callback, Step, model_x0
 
 __all__ = [
     "LOWER_ORDER_FINAL_BELOW",

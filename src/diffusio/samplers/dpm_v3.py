@@ -26,12 +26,13 @@ from pathlib import Path as FsPath
 import torch
 from torch import Tensor
 
-from ..io import load_safetensors, save_safetensors
-from ..model import ModelBase, ModelWrapper
-from ..paths import Path
-from ..timesteps import check_grid
-from .base import Callback, Step, time_batch
-from .dpm import _gauss_legendre, final_order
+from diffusio.core.paths import Path
+from diffusio.core.time import time_batch
+from diffusio.core.timesteps import check_grid
+from diffusio.io import load_safetensors, save_safetensors
+from diffusio.models.base import ModelBase, ModelWrapper
+from diffusio.samplers.base import Callback, Step
+from diffusio.samplers.dpm import _gauss_legendre, final_order
 
 __all__ = [
     "Statistics",

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..model import ModelBase
-from .base import Callback, Step, model_x0
-from .dpm import Point, check_steps, grid_points
+from diffusio.models.base import ModelBase
+from diffusio.samplers.base import Callback, Step, model_x0
+from diffusio.samplers.dpm import Point, check_steps, grid_points
 
 __all__ = ["EvoConstants", "sample_evodiff"]
 

@@ -7,9 +7,10 @@ import math
 import torch
 from torch import Tensor
 
-from ..model import ModelBase
-from ..parametrization import from_x0
-from .base import Callback, Step, coeffs, model_x0, time_batch
+from diffusio.core.parametrization import from_x0
+from diffusio.core.time import coeffs, time_batch
+from diffusio.models.base import ModelBase
+from diffusio.samplers.base import Callback, Step, model_x0
 
 __all__ = ["sample_ddim", "sample_euler", "sample_heun"]
 

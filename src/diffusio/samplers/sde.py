@@ -5,10 +5,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..model import ModelBase
-from ..parametrization import from_x0
-from .base import Callback, Step, coeffs, model_x0, time_batch
-from .ode import _posterior_std
+from diffusio.core.parametrization import from_x0
+from diffusio.core.time import coeffs, time_batch
+from diffusio.models.base import ModelBase
+from diffusio.samplers.base import Callback, Step, model_x0
+from diffusio.samplers.ode import _posterior_std
 
 __all__ = ["sample_ddpm", "sample_euler_maruyama"]
 

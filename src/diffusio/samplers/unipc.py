@@ -19,9 +19,9 @@ import math
 import torch
 from torch import Tensor
 
-from ..model import ModelBase
-from .base import Callback, Step, model_x0
-from .dpm import Point, check_steps, final_order, grid_points, phi
+from diffusio.models.base import ModelBase
+from diffusio.samplers.base import Callback, Step, model_x0
+from diffusio.samplers.dpm import Point, check_steps, final_order, grid_points, phi
 
 __all__ = ["sample_unipc", "unipc_coefficients"]
 

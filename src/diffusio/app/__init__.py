@@ -1,0 +1,1 @@
+"""The product: command line, config registries and bundled configs, demo, evaluation, plotting."""

@@ -1,0 +1,340 @@
+"""Strings to objects: the one place where config names map to paths, nets, data, densities and weightings.
+
+A run config is a plain dict (read from YAML) with sections ``data``, ``path``, ``net``, ``model``, ``loss``,
+``train`` and ``sample``; each section names its object with ``name`` and passes the rest as arguments. The
+same dict is stored in every checkpoint, so :func:`load_model` can rebuild what was trained.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+from collections.abc import Callable
+from pathlib import Path as FsPath
+
+import torch
+import yaml
+
+from diffusio.core import paths
+from diffusio.data.sources import FunctionSource, TensorSource
+from diffusio.families import interpolants as si
+from diffusio.families import pfgmpp
+from diffusio.families.mean_reverting import sde as mrsde
+from diffusio.io import load_safetensors
+from diffusio.models.base import EDMPrecond, Model
+from diffusio.training import losses
+
+__all__ = [
+    "COUPLINGS",
+    "DATA",
+    "DEGRADATIONS",
+    "DENSITIES",
+    "FAMILIES",
+    "GAMMAS",
+    "NETS",
+    "PATHS",
+    "WEIGHTINGS",
+    "build_data",
+    "build_loss",
+    "build_model",
+    "build_path",
+    "load_config",
+    "load_model",
+]
+
+PATHS: dict[str, Callable[..., paths.Path]] = {
+    "vp_linear": paths.LinearVP,
+    "vp_cosine": paths.CosineVP,
+    "ddpm": paths.DiscreteDDPM,
+    "ve": paths.VE,
+    "edm": paths.EDM,
+    "flow": paths.RectifiedFlow,
+    "trig": paths.Trigonometric,
+    "pfgmpp": pfgmpp.PFGMPP,
+    "mr_cosine": mrsde.CosineTheta,
+    "mr_constant": mrsde.ConstantTheta,
+}
+DENSITIES = {"uniform": losses.UniformTime, "logit_normal": losses.LogitNormal, "edm": losses.EDMLogNormal}
+WEIGHTINGS = {"uniform": losses.UniformWeight, "min_snr": losses.MinSNR, "edm": losses.EDMWeight}
+
+
+def _nets() -> dict[str, Callable[..., torch.nn.Module]]:
+    from diffusio.nets import MLP, FlowMapMLP, UNet
+
+    return {"mlp": MLP, "unet": UNet, "flowmap_mlp": FlowMapMLP}
+
+
+NETS = ("mlp", "unet", "flowmap_mlp")
+DATA = ("toy", "digits", "images", "patches", "phantoms", "gmm", "restoration")
+DEGRADATIONS = {"noise": mrsde.add_noise, "blur": mrsde.gaussian_blur}
+# stochastic-interpolant coefficients (paper time: a goes 1 -> 0, b goes 0 -> 1, gamma vanishes at both ends)
+A_COEFFS = {"linear": si.LinearDown, "cosine": si.CosineDown}
+B_COEFFS = {"linear": si.LinearUp, "sine": si.SineUp}
+GAMMAS = {"brownian": si.BrownianGamma, "scaled": si.ScaledGamma, "zero": si.ZeroGamma}
+FAMILIES = ("diffusion", "interpolant", "flowmap", "mean_reverting")
+
+
+def _build_coupling(section: dict | str | None):
+    """A noise-data coupling for DiffusionLoss from a config: none, ``ot``, ``ot_sinkhorn`` or ``reflow``."""
+    from diffusio.families import flow_matching as fm
+
+    spec = {"name": section} if isinstance(section, str) else dict(section or {"name": "independent"})
+    name = spec.pop("name", None)
+    if name == "independent":
+        return None
+    if name == "ot":
+        return fm.MinibatchOT()
+    if name == "ot_sinkhorn":
+        return fm.MinibatchOT(fm.sinkhorn_assignment(spec.pop("reg", 0.05)))
+    if name == "reflow":
+        teacher = spec.pop("teacher", None)
+        if not teacher:
+            raise ValueError("coupling 'reflow' needs teacher: PATH/TO/model.safetensors (the model to rectify)")
+        model, cfg = load_model(teacher)
+        g = torch.Generator().manual_seed(spec.pop("seed", 0))
+        n, steps = spec.pop("pairs", 20000), spec.pop("steps", 50)
+        if spec:
+            raise ValueError(f"unknown reflow option(s) {', '.join(sorted(spec))}; valid: teacher, pairs, steps, seed")
+        return fm.ReflowCoupling.from_model(model, n, tuple(cfg["data_shape"]), steps=steps, generator=g)
+    raise ValueError(f"unknown coupling {name!r}; valid: {', '.join(COUPLINGS)}")
+
+
+COUPLINGS = ("independent", "ot", "ot_sinkhorn", "reflow")
+
+
+def _pick(registry: dict, section: dict | str, what: str):
+    """``registry[section['name']](**rest)`` with errors that list the valid names."""
+    spec = {"name": section} if isinstance(section, str) else dict(section)
+    name = spec.pop("name", None)
+    if name not in registry:
+        raise ValueError(f"unknown {what} {name!r}; valid: {', '.join(registry)}")
+    try:
+        return registry[name](**spec)
+    except TypeError as e:
+        raise ValueError(f"bad arguments for {what} {name!r}: {e}") from e
+
+
+def build_path(section: dict | str) -> paths.Path:
+    return _pick(PATHS, section, "path")
+
+
+def build_data(section: dict):
+    """A training data source (``sample(n, generator) -> (x0, cond)``) with ``shape`` and ``num_classes``."""
+    spec = dict(section)
+    name = spec.pop("name", None)
+    if name == "toy":
+        from diffusio.data.toy import sample_toy
+
+        dataset = spec.pop("dataset", "moons")
+        sample_toy(dataset, 1)  # validates the name early
+        return FunctionSource(lambda n, g: sample_toy(dataset, n, generator=g), (2,))
+    if name == "digits":
+        from diffusio.data.digits import load_digits
+
+        labels = spec.pop("labels", True)
+        x, y = load_digits(**spec)
+        return TensorSource(x, y if labels else None)
+    if name == "images":
+        from diffusio.data.images import load_image_folder
+
+        return TensorSource(load_image_folder(**spec))
+    if name == "patches":
+        from diffusio.data.images import image_patches
+
+        n, image, seed = spec.pop("n", 20000), spec.pop("image", "all"), spec.pop("seed", 0)
+        return TensorSource(image_patches(image, n=n, generator=torch.Generator().manual_seed(seed), **spec))
+    if name == "restoration":
+        clean = build_data(spec.pop("clean", {"name": "digits", "labels": False}))
+        degrade = _pick(DEGRADATIONS, spec.pop("degrade", "noise"), "degradation")
+        return mrsde.RestorationSource(clean.x, degrade)
+    if name == "phantoms":  # fresh procedural phantoms every batch (an infinite data set)
+        from diffusio.data.phantoms import random_phantoms
+
+        size = spec.pop("size", 32)
+        random_phantoms(1, size, **spec)  # validates the arguments early
+        return FunctionSource(lambda n, g: random_phantoms(n, size, generator=g, **spec), (1, size, size))
+    raise ValueError(f"unknown data {name!r}; valid: {', '.join(DATA)}")
+
+
+def build_net(section: dict, data_shape: tuple[int, ...], num_classes: int | None, seed: int = 0):
+    """Build the network with a deterministic initialisation (the global RNG is left untouched)."""
+    spec = dict(section)
+    name = spec.get("name")
+    nets = _nets()
+    if name in ("mlp", "flowmap_mlp"):
+        spec.setdefault("dim", data_shape[0])
+    elif name == "unet":
+        spec.setdefault("in_channels", data_shape[0])
+    if spec.get("num_classes", "auto") == "auto" and name != "flowmap_mlp":
+        spec["num_classes"] = num_classes
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _pick(nets, spec, "net")
+
+
+def _family(config: dict) -> str:
+    family = config.get("family", "diffusion")
+    if family not in FAMILIES:
+        raise ValueError(f"unknown family {family!r}; valid: {', '.join(FAMILIES)}")
+    return family
+
+
+def build_model(config: dict, data_shape: tuple[int, ...], num_classes: int | None = None):
+    """The model of a run config: network + path + parametrization (+ EDM preconditioning) for the diffusion
+    family (PFGM++ and flow matching included); the interpolant, flow-map and mean-reverting families' models."""
+    family = _family(config)
+    if family != "diffusion":
+        return {"interpolant": _build_si_model, "flowmap": _build_flowmap_model, "mean_reverting": _build_mr_model}[
+            family
+        ](config, data_shape, num_classes)
+    path = build_path(config.get("path", "vp_linear"))
+    net_cfg = config.get("net")
+    if net_cfg is None:
+        raise ValueError("the config needs a 'net' section, e.g. {name: mlp, hidden: 256}")
+    net = build_net(net_cfg, data_shape, num_classes, config.get("train", {}).get("seed", 0))
+    m = dict(config.get("model", {}))
+    precond = m.pop("precond", None)
+    prediction = m.pop("prediction", "x0" if precond else "eps")
+    if m:
+        raise ValueError(f"unknown model option(s) {', '.join(sorted(m))}; valid: prediction, precond")
+    pre = EDMPrecond(**(precond if isinstance(precond, dict) else {})) if precond else None
+    return Model(net, path, prediction, pre)
+
+
+def build_loss(config: dict, model):
+    """The training objective of a run config (DiffusionLoss with an optional coupling, or the family's loss)."""
+    family = _family(config)
+    spec = dict(config.get("loss", {}))
+    if family == "interpolant":
+        base = config.get("base")
+        return si.InterpolantLoss(build_data(base) if base else None, **spec)
+    if family == "flowmap":
+        return _build_flowmap_loss(config, spec)
+    target = spec.pop("target", model.prediction)
+    density = _pick(DENSITIES, spec.pop("density", "uniform"), "t-density")
+    weighting = _pick(WEIGHTINGS, spec.pop("weighting", "uniform"), "weighting")
+    coupling = _build_coupling(spec.pop("coupling", None))
+    if spec:
+        raise ValueError(
+            f"unknown loss option(s) {', '.join(sorted(spec))}; valid: target, density, weighting, coupling"
+        )
+    cls = mrsde.MRLoss if family == "mean_reverting" else losses.DiffusionLoss
+    return cls(target, density, weighting, coupling)
+
+
+# --- model families other than plain diffusion ------------------------------------------------------------------
+def _build_si_model(config: dict, data_shape, num_classes) -> si.InterpolantModel:
+    spec = dict(config.get("interpolant", {}))
+    it = si.Interpolant(
+        _pick(A_COEFFS, spec.pop("a", "linear"), "interpolant coefficient a"),
+        _pick(B_COEFFS, spec.pop("b", "linear"), "interpolant coefficient b"),
+        _pick(GAMMAS, spec.pop("gamma", "brownian"), "interpolant gamma"),
+    )
+    if spec:
+        raise ValueError(f"unknown interpolant option(s) {', '.join(sorted(spec))}; valid: a, b, gamma")
+    heads = tuple(config.get("model", {}).get("heads", ("velocity", "eta")))
+    net_cfg = {**config["net"], "out_dim": len(heads) * data_shape[0]}
+    net = build_net(net_cfg, data_shape, None, config.get("train", {}).get("seed", 0))
+    return si.InterpolantModel(net, it, heads, gaussian_base=not config.get("base"))
+
+
+def _build_flowmap_model(config: dict, data_shape, num_classes):
+    from diffusio.families.flowmap import FlowMapModel
+
+    path = build_path(config.get("path", "flow"))
+    net = build_net(config["net"], data_shape, None, config.get("train", {}).get("seed", 0))
+    return FlowMapModel(net, path)
+
+
+def _build_flowmap_loss(config: dict, spec: dict):
+    from diffusio.families.flowmap import FlowMapDistillation
+
+    teacher = config.get("teacher")
+    density = _pick(DENSITIES, spec.pop("density", "uniform"), "t-density")
+    return FlowMapDistillation(load_model(teacher)[0] if teacher else None, density, **spec)
+
+
+def _build_mr_model(config: dict, data_shape, num_classes) -> mrsde.MRModel:
+    from diffusio.nets import FlattenNet
+
+    path = build_path(config.get("path", "mr_cosine"))
+    if not isinstance(path, mrsde.MeanReverting):
+        raise ValueError(f"the mean_reverting family needs an mr_* path; got {path.name!r}")
+    net_cfg, seed, dim = dict(config["net"]), config.get("train", {}).get("seed", 0), math.prod(data_shape)
+    if net_cfg.get("name") == "mlp":  # the condition is concatenated: twice the input features
+        net = FlattenNet(build_net({**net_cfg, "dim": 2 * dim, "out_dim": dim}, (2 * dim,), None, seed), data_shape)
+    else:
+        channels = {"in_channels": 2 * data_shape[0], "out_channels": data_shape[0]}
+        net = build_net({**net_cfg, **channels}, data_shape, None, seed)
+    return mrsde.MRModel(net, path, config.get("model", {}).get("prediction", "x0"))
+
+
+def load_config(path: str | os.PathLike) -> dict:
+    """Read a YAML run config."""
+    p = FsPath(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"no config file at {p}")
+    cfg = yaml.safe_load(p.read_text())
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{p} must hold a mapping with sections data, path, net, model, loss, train")
+    return cfg
+
+
+def load_model(file: str | os.PathLike, device: str | torch.device = "cpu", ema: bool = True) -> tuple[Model, dict]:
+    """Rebuild a trained Model from ``model.safetensors`` (EMA weights) or ``checkpoint.safetensors``."""
+    tensors, meta = load_safetensors(file, device=device)
+    cfg = meta.get("config")
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{file} has no diffusio config in its metadata; was it written by diffusio?")
+    if meta.get("format") == "diffusio-checkpoint-1":
+        prefix = "ema/" if ema else "model/"
+        tensors = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+    shape = tuple(cfg["data_shape"])
+    model = build_model(cfg, shape, cfg.get("num_classes"))
+    model.net.load_state_dict(tensors)
+    model.net.to(device).eval()
+    return model, copy.deepcopy(cfg)
+
+
+def run_training(
+    config: dict,
+    out_dir: str | os.PathLike | None,
+    *,
+    steps: int | None = None,
+    resume: bool = False,
+    dist_info=None,
+    progress: bool = True,
+):
+    """Train from a run config; returns the Trainer (its ``model`` holds the raw weights, ``ema`` the average).
+
+    With ``resume`` the stored config of ``out_dir/checkpoint.safetensors`` must describe the same model.
+    """
+    from diffusio.training import TrainConfig, Trainer
+
+    cfg = copy.deepcopy(config)
+    train_cfg = dict(cfg.get("train", {}))
+    if steps is not None:
+        train_cfg["steps"] = steps
+    train_cfg.setdefault("progress", progress)
+    tc = TrainConfig.from_dict(train_cfg)
+    data = build_data(cfg.get("data", {}))
+    cfg["data_shape"], cfg["num_classes"] = list(data.shape), data.num_classes
+    model = build_model(cfg, data.shape, data.num_classes)
+    loss = build_loss(cfg, model)
+    run_cfg = {k: v for k, v in cfg.items() if k != "train"}
+    trainer = Trainer(model, loss, data, tc, out_dir, run_cfg, dist_info)
+    if resume:
+        _check_same_model(FsPath(out_dir) / "checkpoint.safetensors", run_cfg)
+    trainer.fit(resume=resume)
+    return trainer
+
+
+def _check_same_model(ckpt: FsPath, run_cfg: dict) -> None:
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"cannot resume: no checkpoint at {ckpt}; run without --resume first")
+    _, meta = load_safetensors(ckpt)
+    stored = {k: v for k, v in meta.get("config", {}).items() if k in ("path", "net", "model", "data")}
+    want = {k: v for k, v in run_cfg.items() if k in ("path", "net", "model", "data")}
+    if stored != want:
+        raise ValueError(f"cannot resume: {ckpt} was trained with a different config ({stored} vs {want})")
