@@ -12,7 +12,7 @@ from diffusio.data import GaussianMixture
 from diffusio.models import ExactModel
 from diffusio.models.base import CountingModel
 from diffusio.samplers import SOLVERS, sample
-from diffusio.samplers.dpm import fast_orders, phi, sample_dpm_solver, sample_dpmpp_2m, sample_dpmpp_3m
+from diffusio.samplers.dpm import fast_orders, sample_dpm_solver, sample_dpmpp_2m, sample_dpmpp_3m
 from diffusio.samplers.dpm_v3 import (
     Statistics,
     estimate_statistics,
@@ -23,6 +23,7 @@ from diffusio.samplers.dpm_v3 import (
     statistics_for,
 )
 from diffusio.samplers.evodiff import sample_evodiff
+from diffusio.samplers.kernels import phi
 from diffusio.samplers.ode import sample_ddim
 from diffusio.samplers.unipc import sample_unipc
 

@@ -22,6 +22,7 @@ from diffusio.core.time import time_batch
 from diffusio.core.timesteps import check_grid
 from diffusio.models.base import ModelBase
 from diffusio.samplers.base import Callback, Step, model_x0
+from diffusio.samplers.kernels import data_update, noise_update, phi
 
 __all__ = [
     "LOWER_ORDER_FINAL_BELOW",
@@ -44,24 +45,6 @@ __all__ = [
 # (bench/results/solvers.md): lowering the last orders helps at 4-6 steps and costs 1.5-5x in error at 8-10 steps.
 LOWER_ORDER_FINAL_BELOW = 15
 LOWER_ORDER_FINAL_BELOW_3M = 8
-
-
-def phi(k: int, z: float) -> float:
-    """phi_k(z) = sum_{n>=0} z^n / (n+k)!, i.e. phi_0 = e^z, phi_{k+1} = (phi_k - 1/k!)/z (Hochbruck & Ostermann 2010).
-
-    The recursion cancels badly for small |z|, so there the power series is summed instead.
-    """
-    if abs(z) < 0.5:
-        term, total, n = 1.0 / math.factorial(k), 0.0, 0
-        while abs(term) > 1e-18 * max(abs(total), 1e-300) or n < 2:
-            total += term
-            n += 1
-            term *= z / (n + k)
-        return total
-    val = math.expm1(z) / z if k >= 1 else math.exp(z)
-    for j in range(1, k):
-        val = (val - 1 / math.factorial(j)) / z
-    return val
 
 
 @dataclass(frozen=True)
@@ -103,28 +86,6 @@ def eps_call(model: ModelBase, x: Tensor, p: Point, cond: dict | None) -> Tensor
     return model.predict(x, time_batch(p.t, x), "eps", **(cond or {})).to(x.dtype)
 
 
-def data_step(x: Tensor, s: Point, t: Point, ds: list[Tensor], eta: float = 0.0) -> Tensor:
-    """Data-form update s -> t with scaled derivatives ``ds`` (d_k ~ h^k x0^(k)).
-
-    ``eta`` > 0 gives the SDE variant's deterministic part (DPM-Solver++ SDE, Lu et al. 2022b, Sec. 5: the linear
-    part e^{-(1+eta) h} integrated exactly)."""
-    h = t.lam - s.lam
-    h_eta = (1 + eta) * h
-    out = (t.sigma / s.sigma * math.exp(-eta * h)) * x
-    for k, d in enumerate(ds):
-        out = out + (t.alpha * h_eta * phi(k + 1, -h_eta)) * d
-    return out
-
-
-def noise_step(x: Tensor, s: Point, t: Point, ds: list[Tensor]) -> Tensor:
-    """Noise-form update s -> t with scaled derivatives ``ds`` (d_k ~ h^k eps^(k)) (Lu et al. 2022a, Eq. 3.7)."""
-    h = t.lam - s.lam
-    out = (t.alpha / s.alpha) * x
-    for k, d in enumerate(ds):
-        out = out - (t.sigma * h * phi(k + 1, h)) * d
-    return out
-
-
 # --- singlestep DPM-Solver (noise form) and DPM-Solver++ 2S (data form) -------------------------------------------
 
 
@@ -133,17 +94,17 @@ def _dpm_single(model, x, s: Point, t: Point, order: int, cond) -> tuple[Tensor,
     path, h = model.path, t.lam - s.lam
     e_s = eps_call(model, x, s, cond)
     if order == 1:
-        return noise_step(x, s, t, [e_s]), e_s
+        return noise_update(x, s, t, [e_s]), e_s
     if order == 2:
         s1 = point_at_lambda(path, s.lam + 0.5 * h)
-        e1 = eps_call(model, noise_step(x, s, s1, [e_s]), s1, cond)
-        return noise_step(x, s, t, [e_s + (e1 - e_s)]), e_s  # midpoint: d0 = e_s + (e1 - e_s) / (2 r1)
+        e1 = eps_call(model, noise_update(x, s, s1, [e_s]), s1, cond)
+        return noise_update(x, s, t, [e_s + (e1 - e_s)]), e_s  # midpoint: d0 = e_s + (e1 - e_s) / (2 r1)
     r1, r2 = 1 / 3, 2 / 3
     s1, s2 = point_at_lambda(path, s.lam + r1 * h), point_at_lambda(path, s.lam + r2 * h)
-    e1 = eps_call(model, noise_step(x, s, s1, [e_s]), s1, cond)
-    u2 = noise_step(x, s, s2, [e_s, (r2 / r1) * (e1 - e_s)])
+    e1 = eps_call(model, noise_update(x, s, s1, [e_s]), s1, cond)
+    u2 = noise_update(x, s, s2, [e_s, (r2 / r1) * (e1 - e_s)])
     e2 = eps_call(model, u2, s2, cond)
-    return noise_step(x, s, t, [e_s, (e2 - e_s) / r2]), e_s
+    return noise_update(x, s, t, [e_s, (e2 - e_s) / r2]), e_s
 
 
 def _check_order(order: int, allowed: tuple[int, ...], solver: str) -> None:
@@ -239,8 +200,8 @@ def sample_dpmpp_2s(
         s, t = pts[i], pts[i + 1]
         m_s = model_x0(model, x, s.t, cond)
         s1 = point_at_lambda(path, s.lam + r1 * (t.lam - s.lam))
-        m_1 = model_x0(model, data_step(x, s, s1, [m_s]), s1.t, cond)
-        x = data_step(x, s, t, [m_s + (m_1 - m_s) / (2 * r1)])
+        m_1 = model_x0(model, data_update(x, s, s1, [m_s]), s1.t, cond)
+        x = data_update(x, s, t, [m_s + (m_1 - m_s) / (2 * r1)])
         if callback is not None:
             callback(Step(i, float(t.t), x, m_s))
     return x
@@ -312,7 +273,7 @@ def _dpmpp_multistep(model, x, ts, cond, callback, generator, order, variant, lo
         hist = [(s.lam, m)] + hist[: order - 1]
         below = LOWER_ORDER_FINAL_BELOW_3M if order == 3 else LOWER_ORDER_FINAL_BELOW
         p = final_order(order, i, steps, lower_order_final, below)
-        x = data_step(x, s, t, _dpmpp_derivs(hist[:p], t.lam - s.lam, variant, second), eta)
+        x = data_update(x, s, t, _dpmpp_derivs(hist[:p], t.lam - s.lam, variant, second), eta)
         if eta > 0:
             z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
             x = x + t.sigma * math.sqrt(-math.expm1(-2 * eta * (t.lam - s.lam))) * z

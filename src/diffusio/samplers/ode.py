@@ -7,18 +7,12 @@ import math
 import torch
 from torch import Tensor
 
-from diffusio.core.parametrization import from_x0
-from diffusio.core.time import coeffs, time_batch
+from diffusio.core.time import coeffs
 from diffusio.models.base import ModelBase
-from diffusio.samplers.base import Callback, Step, model_x0
+from diffusio.samplers.base import Callback, Step
+from diffusio.samplers.kernels import ddim_step, euler_step, heun_step
 
 __all__ = ["sample_ddim", "sample_euler", "sample_heun"]
-
-
-def _velocity(model: ModelBase, x: Tensor, t: Tensor, cond: dict | None) -> tuple[Tensor, Tensor]:
-    """PF-ODE drift u = alpha' x0 + sigma' eps from one x0 call; returns (u, x0)."""
-    x0 = model_x0(model, x, t, cond)
-    return from_x0("velocity", x0, x, time_batch(t, x), model.path).to(x.dtype), x0
 
 
 def sample_euler(
@@ -26,8 +20,7 @@ def sample_euler(
 ) -> Tensor:
     """Euler's method on the probability-flow ODE in the path's native time (1 call per step, order 1)."""
     for i in range(len(ts) - 1):
-        u, x0 = _velocity(model, x, ts[i], cond)
-        x = x + float(ts[i + 1] - ts[i]) * u
+        x, x0 = euler_step(model, x, ts[i], ts[i + 1], cond=cond)
         if callback is not None:
             callback(Step(i, float(ts[i + 1]), x, x0))
     return x
@@ -60,11 +53,7 @@ def sample_heun(
         t, t_next = ts[i], ts[i + 1]
         if gamma_max > 0:
             x, t = _churn(path, x, t, gamma_max, churn_tmin, churn_tmax, churn_noise, generator)
-        h = float(t_next - t)
-        d, x0 = _velocity(model, x, t, cond)
-        x_e = x + h * d
-        d2, _ = _velocity(model, x_e, t_next, cond)
-        x = x + h * 0.5 * (d + d2)
+        x, x0 = heun_step(model, x, t, t_next, cond=cond)
         if callback is not None:
             callback(Step(i, float(t_next), x, x0))
     return x
@@ -102,25 +91,8 @@ def sample_ddim(
     """
     if eta < 0:
         raise ValueError(f"eta must be >= 0, got {eta}")
-    path = model.path
     for i in range(len(ts) - 1):
-        ct, cs = coeffs(path, ts[i]), coeffs(path, ts[i + 1])
-        x0 = model_x0(model, x, ts[i], cond)
-        if eta == 0:
-            x = float(cs.sigma / ct.sigma) * x - float(cs.alpha * torch.expm1(ct.lam - cs.lam)) * x0
-        else:
-            c = eta * _posterior_std(ct, cs)
-            eps = (x - float(ct.alpha) * x0) / float(ct.sigma)
-            z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            x = float(cs.alpha) * x0 + float(torch.sqrt((cs.sigma**2 - c**2).clamp(min=0))) * eps + float(c) * z
+        x, x0 = ddim_step(model, x, ts[i], ts[i + 1], cond=cond, eta=eta, generator=generator)
         if callback is not None:
             callback(Step(i, float(ts[i + 1]), x, x0))
     return x
-
-
-def _posterior_std(ct, cs) -> Tensor:
-    """Std c of q(x_s | x_t, x0): c^2 = (sigma_t^2 - a^2 sigma_s^2) sigma_s^2 / sigma_t^2, a = alpha_t/alpha_s.
-
-    Written as sigma_s^2 (-expm1(2 (lambda_t - lambda_s))) to avoid cancellation for small steps.
-    """
-    return cs.sigma * torch.sqrt(-torch.expm1(2 * (ct.lam - cs.lam)))

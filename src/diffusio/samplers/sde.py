@@ -5,11 +5,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from diffusio.core.parametrization import from_x0
-from diffusio.core.time import coeffs, time_batch
 from diffusio.models.base import ModelBase
-from diffusio.samplers.base import Callback, Step, model_x0
-from diffusio.samplers.ode import _posterior_std
+from diffusio.samplers.base import Callback, Step
+from diffusio.samplers.kernels import ancestral_step, euler_maruyama_step
 
 __all__ = ["sample_ddpm", "sample_euler_maruyama"]
 
@@ -27,15 +25,8 @@ def sample_ddpm(
 
     mu = (a sigma_s^2/sigma_t^2) x_t + (alpha_s v/sigma_t^2) x0_hat, a = alpha_t/alpha_s, v = sigma_t^2 - a^2 sigma_s^2.
     """
-    path = model.path
     for i in range(len(ts) - 1):
-        ct, cs = coeffs(path, ts[i]), coeffs(path, ts[i + 1])
-        x0 = model_x0(model, x, ts[i], cond)
-        r = torch.exp(2 * (ct.lam - cs.lam))  # a^2 sigma_s^2 / sigma_t^2, from lambda to avoid cancellation
-        c_x = r * cs.alpha / ct.alpha  # a sigma_s^2 / sigma_t^2
-        c_x0 = cs.alpha * (-torch.expm1(2 * (ct.lam - cs.lam)))  # alpha_s v / sigma_t^2
-        z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        x = float(c_x) * x + float(c_x0) * x0 + float(_posterior_std(ct, cs)) * z
+        x, x0 = ancestral_step(model, x, ts[i], ts[i + 1], cond=cond, generator=generator)
         if callback is not None:
             callback(Step(i, float(ts[i + 1]), x, x0))
     return x
@@ -57,17 +48,8 @@ def sample_euler_maruyama(
     """
     if eta < 0:
         raise ValueError(f"eta must be >= 0, got {eta}")
-    path = model.path
     for i in range(len(ts) - 1):
-        t, dt = ts[i], float(ts[i + 1] - ts[i])
-        tb = time_batch(t, x)
-        f, g2 = float(path.drift(t)), float(path.diffusion2(t))
-        x0 = model_x0(model, x, t, cond)
-        score = from_x0("score", x0, x, tb, path).to(x.dtype)
-        x = x + (f * x - 0.5 * (1 + eta**2) * g2 * score) * dt
-        if eta > 0:
-            z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            x = x + eta * (g2 * abs(dt)) ** 0.5 * z
+        x, x0 = euler_maruyama_step(model, x, ts[i], ts[i + 1], cond=cond, eta=eta, generator=generator)
         if callback is not None:
             callback(Step(i, float(ts[i + 1]), x, x0))
     return x

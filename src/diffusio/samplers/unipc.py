@@ -21,7 +21,8 @@ from torch import Tensor
 
 from diffusio.models.base import ModelBase
 from diffusio.samplers.base import Callback, Step, model_x0
-from diffusio.samplers.dpm import Point, check_steps, final_order, grid_points, phi
+from diffusio.samplers.dpm import Point, check_steps, final_order, grid_points
+from diffusio.samplers.kernels import phi
 
 __all__ = ["sample_unipc", "unipc_coefficients"]
 

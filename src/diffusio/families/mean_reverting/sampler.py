@@ -29,7 +29,8 @@ from torch import Tensor
 from diffusio.core.time import time_batch
 from diffusio.models.base import ModelBase
 from diffusio.samplers.base import Callback, Step
-from diffusio.samplers.dpm import _dpmpp_derivs, data_step, final_order, grid_points, noise_step
+from diffusio.samplers.dpm import _dpmpp_derivs, final_order, grid_points
+from diffusio.samplers.kernels import data_update, noise_update
 
 __all__ = ["FORMS", "sample_mrs", "sample_mrs_sde"]
 
@@ -53,12 +54,12 @@ def _step(x: Tensor, s, t, ds: list[Tensor], head: str, stochastic: bool, genera
     """One MRS update s -> t from the derivative estimates ``ds`` (the DPM-Solver(++) steps of ``dpm.py``)."""
     h = t.lam - s.lam
     if not stochastic:
-        return data_step(x, s, t, ds) if head == "x0" else noise_step(x, s, t, ds)
+        return data_update(x, s, t, ds) if head == "x0" else noise_update(x, s, t, ds)
     z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
     if head == "x0":  # SDE-DPM-Solver++ (eta = 1): exact linear part e^{-h} sigma_t/sigma_s, noise variance 1 - e^{-2h}
-        return data_step(x, s, t, ds, eta=1.0) + (t.sigma * math.sqrt(-math.expm1(-2 * h))) * z
+        return data_update(x, s, t, ds, eta=1.0) + (t.sigma * math.sqrt(-math.expm1(-2 * h))) * z
     # noise form: the integral of e^{-lambda} eps carries twice the ODE's weight (MRS Eq. 16)
-    return noise_step(x, s, t, [2 * d for d in ds]) + (t.sigma * math.sqrt(math.expm1(2 * h))) * z
+    return noise_update(x, s, t, [2 * d for d in ds]) + (t.sigma * math.sqrt(math.expm1(2 * h))) * z
 
 
 def _run(model, x, ts, cond, callback, generator, order, form, stochastic, w3, lower_order_final) -> Tensor:
