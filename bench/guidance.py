@@ -166,3 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     write_results(out, "guidance", {"classifier": cg_rows, "reward_conditioned": rc_rows}, "\n".join(md2) + "\n")
     print(f"wrote {out / 'cfg_sweep.png'}, cfg_sweep.md, guidance.md")
     return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

@@ -334,3 +334,9 @@ def main(argv: list[str] | None = None) -> int:
     _plot(images, out / "inverse.png")
     print(f"wrote {out / 'inverse.json'}, {out / 'inverse.md'}, {out / 'inverse.png'}")
     return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

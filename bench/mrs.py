@@ -193,3 +193,9 @@ def main(argv: list[str] | None = None) -> int:
     write_results(out, "mrs", {k: v for k, v in res.items() if not k.startswith("_")}, md)
     print(md)
     return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

@@ -177,3 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     plt.close(fig)
     print("\n".join(md))
     return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

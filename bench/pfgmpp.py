@@ -138,3 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     write_results(out, "pfgmpp", payload, md)
     print(md)
     return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

@@ -185,3 +185,21 @@ def test_fast_demo_writes_the_families_page(tmp_path):
     assert len({r["family"] for r in rows}) == 6 and all(r["sliced_w2"] > 0 for r in rows)
     with pytest.raises(ValueError, match="unknown demo part"):
         run_demo(tmp_path, parts=("nope",))
+
+
+def test_bench_outside_a_checkout_names_the_fix(tmp_path, monkeypatch, capsys):
+    """Benchmarks are not installed: without a checkout's bench/ the CLI says where to run them."""
+    import diffusio.app.cli as cli
+
+    fake = tmp_path / "site" / "diffusio" / "app" / "cli.py"
+    fake.parent.mkdir(parents=True)
+    monkeypatch.setattr(cli, "__file__", str(fake))
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["bench", "overhead"]) == 2
+    assert "clone of the diffusio repository" in capsys.readouterr().err
+
+
+def test_bench_root_is_the_checkout():
+    import diffusio.app.cli as cli
+
+    assert (cli.find_bench_root() / "bench" / "results").is_dir()
