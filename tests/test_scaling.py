@@ -301,3 +301,49 @@ def test_vp_conversion_is_the_rescheduled_model():
     x = torch.randn(64, 2, generator=gen(), dtype=torch.float64)
     t = torch.rand(64, generator=gen(1), dtype=torch.float64) * 0.98 + 0.01
     torch.testing.assert_close(vp.predict(x, t, "velocity"), exact.predict(x, t, "velocity"), rtol=1e-5, atol=1e-8)
+
+
+# --- command line and the digits classifier verifier ---------------------------------------------------------------
+
+
+def radius_verifier(x, cond=None):
+    """A user verifier for the CLI test: prefer samples near the unit circle."""
+    return -(x.norm(dim=1) - 1.0).abs().double()
+
+
+def test_cli_search_writes_pictures_and_record(tmp_path, capsys):
+    import json
+
+    import yaml
+
+    from diffusio.app.cli import main
+
+    cfg = {"data": {"name": "toy", "dataset": "rings"}, "path": {"name": "flow"},
+           "net": {"name": "mlp", "hidden": 32, "depth": 2, "time_dim": 16}, "model": {"prediction": "velocity"},
+           "loss": {"target": "velocity"}, "train": {"steps": 10, "batch_size": 32, "progress": False}}  # fmt: skip
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["train", str(tmp_path / "tiny.yaml"), "--out", str(tmp_path / "run")]) == 0
+    ckpt = str(tmp_path / "run" / "model.safetensors")
+    out = tmp_path / "search"
+    args = ["search", ckpt, "--verifier", "tests.test_scaling:radius_verifier", "--strategy", "zero_order",
+            "--budget", "60", "--steps", "3", "--n", "5", "--out", str(out), "--opt", "cos_sim=0.8"]  # fmt: skip
+    assert main(args) == 0
+    rec = json.loads((out / "search.json").read_text())
+    assert rec["strategy"] == "zero_order" and max(rec["nfe"]) <= 60 and len(rec["scores"]) == 5
+    assert (out / "samples.png").stat().st_size > 1000 and (out / "curve.png").stat().st_size > 1000
+    capsys.readouterr()
+    assert main(["search", ckpt, "--verifier", "classifier", "--class", "3", "--out", str(out)]) == 2
+    assert "digits" in capsys.readouterr().err
+    assert main(["search", ckpt, "--verifier", "self", "--budget", "2", "--out", str(out)]) == 2
+    assert "smaller than one sample's cost" in capsys.readouterr().err
+
+
+def test_digits_classifier_verifier_reads_real_digits():
+    from diffusio.app.scaling_cli import digits_verifier
+    from diffusio.data.digits import load_digits
+
+    x, y = load_digits(8, "pad", "test")
+    v = digits_verifier()
+    p = v(x[:200], {"y": y[:200]})
+    wrong = v(x[:200], {"y": (y[:200] + 1) % 10})
+    assert p.shape == (200,) and float(p.mean()) > 0.8 and float(wrong.mean()) < 0.1
