@@ -112,7 +112,7 @@ def mixture_part(budgets, n_out, seed, log) -> tuple[dict, dict]:
     return {"curves": curves, "reference": floor}, hack
 
 
-def digits_part(budgets, n_out, seed, log) -> dict:
+def digits_part(budgets, n_out, classes, seed, log) -> dict:
     from sklearn.linear_model import LogisticRegression
 
     from bench.solvers import digits_model
@@ -122,7 +122,7 @@ def digits_part(budgets, n_out, seed, log) -> dict:
 
     edm, cfg = digits_model(progress=log)
     flow = Rescheduled(edm, RectifiedFlow(t_min=2e-3, t_max=0.985))  # sigma/alpha from 0.002 to ~66 (EDM's range)
-    c = torch.arange(10).repeat(n_out // 10)
+    c = torch.arange(classes).repeat(n_out // classes)
     null = {"y": torch.full((len(c),), cfg["num_classes"])}
     verifier = digits_verifier()
     x_tr, y_tr = load_digits(8, "pad", "train")
@@ -201,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budgets", default="32,64,128,256,512,1024,2048")
     p.add_argument("--digits-budgets", default="32,128,512,2048")
     p.add_argument("--mixture-outputs", type=int, default=64)
-    p.add_argument("--digits-outputs", type=int, default=20)
+    p.add_argument("--digits-outputs", type=int, default=10)
+    p.add_argument("--digits-classes", type=int, default=5, help="target classes 0..C-1, outputs split evenly")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip-digits", action="store_true")
     p.add_argument("--out", default=None)
@@ -215,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
                "mixture": {**mix, "claims": _claims(mix["curves"], budgets)}, "hacking": hack}  # fmt: skip
     parts = {"2-D mixture, exact flow model (verifier: log p(x | c))": mix["curves"]}
     if not args.skip_digits:
-        dig = digits_part(dbudgets, args.digits_outputs, args.seed, print)
+        dig = digits_part(dbudgets, args.digits_outputs, args.digits_classes, args.seed, print)
         payload["digits"] = {**dig, "claims": _claims(dig["curves"], dbudgets)}
         parts["8x8 digits, EDM U-Net as a flow (verifier: classifier p(c | x))"] = dig["curves"]
     _plot(parts, out / "scaling.png")
@@ -237,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
                         ("mode_accuracy", "in mode c"), ("spread", "spread")])  # fmt: skip
     if "digits" in payload:
         dig = payload["digits"]
-        md += ["", f"## Digits ({args.digits_outputs} outputs, 10 target classes, null-class model)", "",
+        head = f"{args.digits_outputs} outputs, target classes 0..{args.digits_classes - 1}, null-class model"
+        md += ["", f"## Digits ({head})", "",
                f"Reference (test digits): classifier p(c|x) = {dig['reference']['data_classifier_prob']:.3f}, "
                f"within-class pixel diversity = {dig['reference']['data_diversity_pixels']:.3f}.", ""]  # fmt: skip
         md += _table(dig["curves"], [("score_mean", "p(c|x)"), ("heldout_logreg_prob", "held-out logreg p(c|x)"),
