@@ -25,9 +25,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from diffusio.core.parametrization import from_x0
 from diffusio.core.paths import Path
-from diffusio.core.time import time_batch
+from diffusio.core.time import coeffs, time_batch
 from diffusio.samplers import SOLVERS
 from diffusio.samplers.kernels import ancestral_update, ddim_update, em_update
 from diffusio.scaling.account import Account
@@ -112,15 +111,21 @@ def make_transition(path: Path, solver: str, *, strategy: str, **opts) -> Transi
                 "is zero (the probability-flow ODE): pass eta > 0 or diffusion='square' / a positive w2"
             )
 
+        cache: dict[float, tuple[float, float, float, float, float]] = {}
+
         def em(x, x0, t, s, z):
-            tb = time_batch(t, x)
-            w = float(w2(torch.as_tensor(t, dtype=torch.float64)))
-            if not (math.isfinite(w) and w >= 0):
-                raise ValueError(f"the diffusion coefficient w2 must be finite and >= 0, got {w} at t={float(t)}")
-            drift = from_x0("velocity", x0, x, tb, path).to(x.dtype)
-            if w > 0:
-                drift = drift - 0.5 * w * from_x0("score", x0, x, tb, path).to(x.dtype)
-            return em_update(x, drift, w, float(s - t), z)
+            # drift u - w2/2 score from x0: eps = (x - alpha x0)/sigma, u = alpha' x0 + sigma' eps, score = -eps/sigma
+            key = float(t)
+            if key not in cache:
+                c = coeffs(path, torch.as_tensor(t, dtype=torch.float64))
+                w = float(w2(c.t))
+                if not (math.isfinite(w) and w >= 0):
+                    raise ValueError(f"the diffusion coefficient w2 must be finite and >= 0, got {w} at t={key}")
+                a, sg = float(c.alpha), float(c.sigma)
+                cache[key] = (a, sg, float(c.d_alpha), float(c.d_sigma) + 0.5 * w / sg, w)
+            a, sg, da, k_eps, w = cache[key]
+            eps = (x - a * x0) / sg
+            return em_update(x, da * x0 + k_eps * eps, w, float(s - t), z)
 
         return Transition("euler_maruyama", em)
     raise ValueError(

@@ -315,6 +315,7 @@ def _check_common(model, verifier, shape, budget, steps):
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
 
 
+@torch.no_grad()
 def search(
     model: ModelBase,
     verifier: Callable,
@@ -461,6 +462,7 @@ def search(
                         budget, seconds, acc.model_seconds, acc.verifier_seconds, extra)  # fmt: skip
 
 
+@torch.no_grad()
 def smc(
     model: ModelBase,
     reward: Callable,
