@@ -163,8 +163,14 @@ def test_paths_without_renoising_reduce_to_plain_sampling_of_the_same_noises():
 
 def test_self_supervised_verifier_is_charged_to_the_budget():
     model = ExactModel(GMM, EDM())
-    res = search(model, SelfConsistency(model), shape=(2, 2), budget=55, steps=5, solver="heun")
-    assert res.extra["candidates"] == 5 and (res.nfe == 5 * 11).all()
+    res = search(model, SelfConsistency(model), shape=(2, 2), budget=54, steps=5, solver="heun")
+    assert res.extra["candidates"] == 4 and (res.nfe == 4 * 11).all()
+    ens = RankEnsemble([MixtureLogDensity(GMM), SelfConsistency(model)], GMM.sample(32, generator=gen()))
+    for strategy, opts in (("steps", {}), ("zero_order", {}), ("paths", {"branches": 2})):
+        res = search(model, ens, shape=(2, 2), strategy=strategy, budget=120, steps=5, solver="heun", **opts)
+        assert (res.nfe <= 120).all() and (res.nfe > 0).all()
+    with pytest.raises(ValueError, match="strategy 'zero_order' takes neighbours"):
+        search(model, ens, shape=(2, 2), strategy="zero_order", budget=120, steps=5, branches=2)
 
 
 # --- particle methods -----------------------------------------------------------------------------------------------

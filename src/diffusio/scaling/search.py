@@ -142,7 +142,7 @@ def _budget_error(budget: int, cost: int, what: str) -> ValueError:
 
 
 def _best_of_n(ctx: _Ctx, event, budget: int, history: list) -> tuple[Tensor, Tensor, dict]:
-    n_out, cost = ctx.acc.n_out, ctx.cost
+    n_out, cost = ctx.acc.n_out, ctx.cost + ctx.acc.verifier.nfe_per_sample
     n = budget // cost
     if n < 1:
         raise _budget_error(budget, cost, f"{ctx.solver} with {ctx.steps} steps")
@@ -151,7 +151,7 @@ def _best_of_n(ctx: _Ctx, event, budget: int, history: list) -> tuple[Tensor, Te
     s = ctx.score(x, owner).reshape(n_out, n)
     running = s.cummax(1).values
     for j in sorted({2**i - 1 for i in range(int(math.log2(n)) + 1)} | {n - 1}):
-        history.append((float((j + 1) * cost + ctx.acc.verifier.nfe_per_sample * (j + 1)), float(running[:, j].mean())))
+        history.append((float((j + 1) * cost), float(running[:, j].mean())))
     pick = s.argmax(1)  # first maximum on ties: deterministic
     return x.reshape(n_out, n, *event)[torch.arange(n_out), pick], s[torch.arange(n_out), pick], {"candidates": n}
 
@@ -433,12 +433,17 @@ def search(
             best_x = x0
             extra = {"init": init, "quota": quota, "proposals_per_step": use.double().mean(1).tolist()}
     else:
+        unknown = sorted(set(options) - set(get_solver(solver).options()))
+        if unknown:
+            raise ValueError(f"unknown option(s) {', '.join(unknown)}: strategy {strategy!r} takes "
+                             f"{', '.join(_OPTIONS[strategy]) or 'none'}; solver {solver!r} takes "
+                             f"{', '.join(get_solver(solver).options()) or 'none'}")  # fmt: skip
         ctx = _Ctx(acc, model.path, solver, steps, grid, t_min, t_max, cond, generator, max_batch, options)
         if ctx.spec.calls_per_step is None:
             raise ValueError(f"solver {solver!r} is adaptive; search needs a fixed cost per step (e.g. 'heun')")
         if strategy == "steps":
             cps = ctx.spec.calls_per_step
-            n_steps = (budget - ctx.spec.extra_calls) // cps
+            n_steps = (budget - ctx.spec.extra_calls - acc.verifier.nfe_per_sample) // cps
             if n_steps < ctx.spec.min_steps:
                 raise _budget_error(budget, ctx.spec.nfe(ctx.spec.min_steps), f"{solver} with its fewest steps")
             ctx = _Ctx(acc, model.path, solver, n_steps, grid, t_min, t_max, cond, generator, max_batch, options)
