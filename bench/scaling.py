@@ -44,6 +44,8 @@ METHODS = {
     "RBF": ("rbf", {"steps": 8, **PARTICLE}),
 }  # fmt: skip
 
+DIGITS_OVERRIDES = {"SMC": {"temperature": 0.1}}
+
 
 def ring(k: int = 8, radius: float = 2.0, std: float = 0.25) -> GaussianMixture:
     ang = torch.arange(k) * 2 * math.pi / k
@@ -60,10 +62,11 @@ def _spread(x: torch.Tensor, labels: torch.Tensor) -> float:
     return sum(out) / len(out)
 
 
-def run_curve(model, verifier, shape, budgets, methods, cond, vcond, seed, judge, log) -> dict:
+def run_curve(model, verifier, shape, budgets, methods, cond, vcond, seed, judge, log, overrides=None) -> dict:
     rows = {}
     for name in methods:
         strategy, opts = METHODS[name]
+        opts = {**opts, **(overrides or {}).get(name, {})}
         rows[name] = []
         for b in budgets:
             try:
@@ -139,11 +142,14 @@ def digits_part(budgets, n_out, classes, seed, log) -> dict:
 
     log("[digits] verifier: metric classifier p(c | x); model sampled with its null class (flow view)")
     t0 = time.perf_counter()
-    curves = run_curve(flow, verifier, (len(c), 1, 8, 8), budgets, list(METHODS), null, {"y": c}, seed, judge, log)
+    # the reward is a probability in [0, 1]: SMC's potentials exp(r / temperature) need a smaller temperature
+    curves = run_curve(flow, verifier, (len(c), 1, 8, 8), budgets, list(METHODS), null, {"y": c}, seed, judge, log,
+                       DIGITS_OVERRIDES)  # fmt: skip
     log("[digits] search-loop overhead at 64 outputs, budget 128")
     c64 = torch.arange(classes).repeat(64 // classes + 1)[:64]
     overhead = {}
     for name, (strategy, opts) in METHODS.items():
+        opts = {**opts, **DIGITS_OVERRIDES.get(name, {})}
         res = search(flow, verifier, shape=(64, 1, 8, 8), strategy=strategy, budget=128,
                      cond={"y": torch.full((64,), cfg["num_classes"])}, verifier_cond={"y": c64},
                      generator=torch.Generator().manual_seed(seed), **opts)  # fmt: skip
@@ -235,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     md = ["# Inference-time scaling (`diffusio bench scaling`)", "",
           "Verifier score (mean over outputs) versus model evaluations per output, search included; every search "
           "uses Euler on the flow ODE with 8 steps, SMC/RBF the marginal-preserving SDE with g = 3 t^2 on 8 uniform "
-          "steps. Methods: " + "; ".join(f"{k} = `{s}` {o}" for k, (s, o) in METHODS.items()) + ".", "",
+          "steps. Methods: " + "; ".join(f"{k} = `{s}` {o}" for k, (s, o) in METHODS.items()) + f". On digits: "
+          f"{DIGITS_OVERRIDES} (the classifier reward lies in [0, 1]).", "",
           f"## 2-D mixture ({args.mixture_outputs} outputs, 8 target modes)", "",
           f"Reference: data log p(x | c) = {mix['reference']['data_logp_c']:.3f}, spread of data with the same "
           f"targets = {mix['reference']['data_spread']:.3f}.", ""]  # fmt: skip

@@ -353,3 +353,17 @@ def test_digits_classifier_verifier_reads_real_digits():
     p = v(x[:200], {"y": y[:200]})
     wrong = v(x[:200], {"y": (y[:200] + 1) % 10})
     assert p.shape == (200,) and float(p.mean()) > 0.8 and float(wrong.mean()) < 0.1
+
+
+def test_bench_claims_follow_from_the_numbers():
+    from bench import scaling as bench
+
+    def rows(*scores):
+        return [{"budget": b, "score_mean": s} for b, s in zip((32, 128, 512), scores)]
+
+    curves = {"more steps": rows(0.1, 0.2, 0.2), "best-of-N": rows(0.1, 0.3, 0.5), "SMC": rows(0.2, 0.4, 0.6),
+              "RBF": rows(0.3, 0.35, 0.7)}  # fmt: skip
+    cl = bench._claims(curves, [32, 128, 512])
+    assert cl["search_beats_steps_gain"] and abs(cl["gain_mid_to_max"]["RBF"] - 0.35) < 1e-12
+    assert [(o["rbf_ge_smc"], o["smc_ge_bon"]) for o in cl["order"]] == [(True, True), (False, True), (True, True)]
+    assert "RBF 0.3500 < SMC 0.4000 >= best-of-N 0.3000" in bench._claims_md(cl)
