@@ -24,6 +24,7 @@ BENCHES = {
     "flowmap": "flowmap",
     "pfgmpp": "pfgmpp",
     "interpolants": "interpolants",
+    "scaling": "scaling",
 }
 
 
@@ -248,6 +249,10 @@ def build_parser() -> argparse.ArgumentParser:
     from diffusio.app.inverse_cli import add_inverse_parser
 
     add_inverse_parser(sub)
+
+    from diffusio.app.scaling_cli import add_search_parser
+
+    add_search_parser(sub)
 
     b = sub.add_parser("bench", help="benchmarks (write JSON, markdown and a plot to bench/results/)")
     b.add_argument("name", choices=sorted(BENCHES))
