@@ -205,6 +205,13 @@ def _cmd_bench(args) -> int:
     return int(mod.main(args.rest) or 0)
 
 
+def _cmd_serve(args) -> int:
+    from diffusio.app.ui import serve
+
+    serve(args.root, host=args.host, port=args.port, gallery=args.gallery)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="diffusio", description="Diffusion and flow models: train, sample, evaluate.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -248,6 +255,13 @@ def build_parser() -> argparse.ArgumentParser:
     from diffusio.app.inverse_cli import add_inverse_parser
 
     add_inverse_parser(sub)
+
+    sv = sub.add_parser("serve", help="the web studio: sample, watch previews, cancel, inpaint, compare, gallery")
+    sv.add_argument("--root", default="runs", help="folder searched for model.safetensors / checkpoint.safetensors")
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    sv.add_argument("--port", type=int, default=8765)
+    sv.add_argument("--gallery", help="where the studio saves its PNGs (default ROOT/studio)")
+    sv.set_defaults(fn=_cmd_serve)
 
     b = sub.add_parser("bench", help="benchmarks (write JSON, markdown and a plot to bench/results/)")
     b.add_argument("name", choices=sorted(BENCHES))
