@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean install
+.PHONY: demo test lint bench clean install chromium docs
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -21,7 +21,13 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/diffusio demo --out runs/demo
 
-test: $(STAMP)
+# Debian's chromium for the studio's browser tests (tests/test_ui_browser.py; Playwright drives it, no download)
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { if [ "$$(id -u)" = 0 ]; then apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; else \
+		echo "chromium missing: run 'sudo apt-get install -y chromium' for the browser tests (they skip without it)"; fi; }
+
+test: $(STAMP) chromium
 	$(PY) -m pytest -n 2 --dist loadgroup
 
 lint: $(STAMP)

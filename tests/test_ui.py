@@ -23,6 +23,8 @@ uvicorn = pytest.importorskip("uvicorn")
 
 from diffusio.app.cli import main  # noqa: E402
 
+pytestmark = pytest.mark.xdist_group("studio")
+
 TINY_DIGITS = {
     "data": {"name": "digits", "size": 8, "mode": "pad", "split": "train"},
     "path": {"name": "edm"},

@@ -329,12 +329,15 @@ class Studio:
 
     # ------------------------------------------------------------------ checkpoints
     def checkpoints(self) -> list[str]:
-        """Checkpoints under the root (relative paths, posix), model.safetensors and checkpoint.safetensors."""
+        """Checkpoints under the root (relative posix paths): each run's model.safetensors (EMA weights), or its
+        checkpoint.safetensors where there is no model file."""
         out = []
-        for name in ("model.safetensors", "checkpoint.safetensors"):
-            for f in self.root.rglob(name):
-                if self.gallery not in f.parents:
-                    out.append(f.relative_to(self.root).as_posix())
+        for f in self.root.rglob("*.safetensors"):
+            if self.gallery in f.parents or f.name not in ("model.safetensors", "checkpoint.safetensors"):
+                continue
+            if f.name == "checkpoint.safetensors" and (f.parent / "model.safetensors").is_file():
+                continue
+            out.append(f.relative_to(self.root).as_posix())
         return sorted(out)
 
     def resolve(self, rel: str) -> Path:
@@ -614,11 +617,15 @@ class Studio:
         if m.shape[:2] != shape[1:]:
             raise BadRequest(f"the mask is {m.shape[1]}x{m.shape[0]} pixels but the model's images are "
                              f"{shape[2]}x{shape[1]}; draw or upload a mask of that size")  # fmt: skip
-        # white (or opaque, for an RGBA canvas) = repaint; the operator observes the rest
-        painted = m[..., 3] > 0.5 if m.shape[-1] == 4 else m[..., :3].mean(-1) > 0.5
+        # white = repaint (transparent pixels count as black); the operator observes the rest
+        painted = m[..., :3].mean(-1) > 0.5
+        if m.shape[-1] == 4:
+            painted &= m[..., 3] > 0.5
         observed = torch.from_numpy(~painted).float()
         if observed.sum() == observed.numel():
             raise BadRequest("the mask is empty: paint the region to repaint (or upload a mask with white pixels)")
+        if observed.sum() == 0:
+            raise BadRequest("the mask covers the whole image: leave some pixels unpainted (they are the measurement)")
         truth = self.source_image(rel, p)
         op = Inpainting(observed, shape)
         y = op(truth)

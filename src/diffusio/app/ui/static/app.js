@@ -105,6 +105,7 @@ function follow(jobId, handlers) {
 
 async function runSample(params) {
   window.studio.times = { click: performance.now() };
+  window.studio.events = [];
   window.studio.lastDone = null;
   window.studio.lastCancelled = null;
   $("status").textContent = "starting";
@@ -227,6 +228,7 @@ async function uploadMask(file) {
 
 async function runInpaint() {
   window.studio.times = { click: performance.now() };
+  window.studio.events = [];
   window.studio.lastDone = null;
   const p = {
     ckpt: state.ckpt,
@@ -255,6 +257,7 @@ async function runInpaint() {
 // ------------------------------------------------------------------ comparison and gallery
 async function runCompare() {
   window.studio.times = { click: performance.now() };
+  window.studio.events = [];
   const axis = $("compare-axis").value;
   const raw = $("compare-values").value;
   const values = axis === "steps" ? numbers(raw) : raw.split(/[\s,]+/).filter((s) => s);
@@ -286,6 +289,7 @@ async function loadGallery() {
 
 async function rerun(body) {
   window.studio.times = { click: performance.now() };
+  window.studio.events = [];
   window.studio.lastDone = null;
   let r;
   try { r = await api("POST", "/api/rerun", body); } catch (e) { return; }
