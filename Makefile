@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	# PyTorch first (a local CPU build here); then the project, so pip never pulls a CUDA build.
 	$(PY) -m pip install -q "torch==$${TORCH_VERSION:-2.13.0}"
-	$(PY) -m pip install -q -e ".[dev,bench,ui]"
+	$(PY) -m pip install -q -e ".[dev,bench,ui,docs]"
 	# Peers whose metadata pulls torchvision (unloadable beside a local CPU torch): no deps; their needs are in [bench].
 	$(PY) -m pip install -q --no-deps "k-diffusion==0.1.1.post1" "deepinv==0.5.0"
 	$(PY) -c "import torch; v = torch.__version__; assert v.startswith('$${TORCH_VERSION:-2.13.0}'), v"
@@ -30,6 +30,10 @@ chromium:
 test: $(STAMP) chromium
 	$(PY) -m pytest -n 2 --dist loadgroup
 
+# the documentation site (mkdocs.yml, docs/): broken links, missing pages or references fail the build
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench
 
@@ -37,4 +41,4 @@ bench: $(STAMP)
 	$(VENV)/bin/diffusio bench overhead
 
 clean:
-	rm -rf runs .pytest_cache .ruff_cache
+	rm -rf runs site .pytest_cache .ruff_cache
