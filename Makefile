@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	# PyTorch first (a local CPU build here); then the project, so pip never pulls a CUDA build.
 	$(PY) -m pip install -q "torch==$${TORCH_VERSION:-2.13.0}"
-	$(PY) -m pip install -q -e ".[dev,bench,ui,docs]"
+	$(PY) -m pip install -q -e ".[dev,bench,ui,browser,docs]"
 	# Peers whose metadata pulls torchvision (unloadable beside a local CPU torch): no deps; their needs are in [bench].
 	$(PY) -m pip install -q --no-deps "k-diffusion==0.1.1.post1" "deepinv==0.5.0"
 	$(PY) -c "import torch; v = torch.__version__; assert v.startswith('$${TORCH_VERSION:-2.13.0}'), v"

@@ -16,9 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
-
-from tests.test_ui import LiveServer  # noqa: E402
+import torch
+from tests.test_ui import LiveServer
 
 
 def main(argv=None) -> int:

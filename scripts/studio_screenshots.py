@@ -12,8 +12,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.test_ui import LiveServer  # noqa: E402
-from tests.test_ui_browser import CHROMIUM  # noqa: E402
+from tests.test_ui import LiveServer
+from tests.test_ui_browser import CHROMIUM
 
 
 def main(argv=None) -> int:

@@ -252,8 +252,18 @@ def _cmd_serve(args) -> int:
     return 0
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("diffusio")
+    except PackageNotFoundError:  # a source tree that is not installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="diffusio", description="Diffusion and flow models: train, sample, evaluate.")
+    p.add_argument("--version", action="version", version=f"diffusio {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("demo", help="train a 2-D and a digits model, sample with every baseline sampler, report")
