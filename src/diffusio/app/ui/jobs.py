@@ -283,10 +283,24 @@ class Job:
         self.finished = threading.Event()
         self.sampling_seconds = 0.0
         self.lock = threading.Lock()
+        self._listeners: list = []
 
     def emit(self, event: str, **data) -> None:
         with self.lock:
             self.events.append({"event": event, "data": data})
+        self.notify()
+
+    def listen(self, loop, wake) -> None:
+        """Call ``wake()`` in event loop ``loop`` whenever an event arrives or the job ends (the event stream)."""
+        with self.lock:
+            self._listeners.append((loop, wake))
+
+    def notify(self) -> None:
+        with self.lock:
+            listeners = list(self._listeners)
+        for loop, wake in listeners:
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(wake)
 
     def preview(self, i: int, total: int, t: float, x0: Tensor) -> None:
         self.emit(
@@ -451,6 +465,7 @@ class Studio:
                 job.emit("error", message=f"{type(e).__name__}: {e}", status=500)
             finally:
                 job.finished.set()
+                job.notify()
 
         threading.Thread(target=run, name=f"studio-{kind}-{job.id}", daemon=True).start()
         return job

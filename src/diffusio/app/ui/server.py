@@ -124,8 +124,12 @@ def create_app(root: str | Path = "runs", gallery: str | Path | None = None):
         job = studio.job(job_id)
 
         async def stream():
+            # woken by the worker thread on every event (no polling while a run computes)
+            wake = asyncio.Event()
+            job.listen(asyncio.get_running_loop(), wake.set)
             sent = 0
             while True:
+                wake.clear()
                 with job.lock:
                     new = job.events[sent:]
                 for ev in new:
@@ -134,9 +138,11 @@ def create_app(root: str | Path = "runs", gallery: str | Path | None = None):
                 if job.done and sent == len(job.events):
                     yield "event: end\ndata: {}\n\n"
                     return
-                if await request.is_disconnected():
-                    return
-                await asyncio.sleep(0.01)
+                try:
+                    await asyncio.wait_for(wake.wait(), timeout=1.0)
+                except asyncio.TimeoutError:
+                    if await request.is_disconnected():
+                        return
 
         return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
