@@ -279,7 +279,6 @@ class Job:
         self.cancel_time: float | None = None
         self.steps_at_cancel = 0
         self.step_seconds: list[float] = []
-        self.started = time.perf_counter()
         self.finished = threading.Event()
         self.sampling_seconds = 0.0
         self.lock = threading.Lock()
@@ -654,7 +653,7 @@ class Studio:
 
         def target(job: Job) -> None:
             t0 = time.perf_counter()
-            total = steps * (2 if method == "dps" else 1)
+            total = steps
             watched = _Watch(model, job, preview_every, total)
             res = solve(watched, op, y, method=method, **options)
             x = res.x.clamp(-1, 1)
