@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from diffusio.core.parametrization import convert
 from diffusio.models.base import ModelBase, ModelWrapper
 
 __all__ = [
@@ -262,8 +263,6 @@ class _Watch(ModelWrapper):
         if self.calls % self.every == 0:
             self.job.preview(self.calls, self.total, float(t.flatten()[0]), self.last)
         self.calls += 1
-        from diffusio.core.parametrization import convert
-
         return convert(out, "x0", kind, x, t, self.path)
 
 
