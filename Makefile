@@ -4,13 +4,13 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean install
+.PHONY: demo test lint bench clean install chromium docs
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	# PyTorch first (a local CPU build here); then the project, so pip never pulls a CUDA build.
 	$(PY) -m pip install -q "torch==$${TORCH_VERSION:-2.13.0}"
-	$(PY) -m pip install -q -e ".[dev,bench]"
+	$(PY) -m pip install -q -e ".[dev,bench,ui,browser,docs]"
 	# Peers whose metadata pulls torchvision (unloadable beside a local CPU torch): no deps; their needs are in [bench].
 	$(PY) -m pip install -q --no-deps "k-diffusion==0.1.1.post1" "deepinv==0.5.0"
 	$(PY) -c "import torch; v = torch.__version__; assert v.startswith('$${TORCH_VERSION:-2.13.0}'), v"
@@ -21,8 +21,18 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/diffusio demo --out runs/demo
 
-test: $(STAMP)
+# Debian's chromium for the studio's browser tests (tests/test_ui_browser.py; Playwright drives it, no download)
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { if [ "$$(id -u)" = 0 ]; then apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; else \
+		echo "chromium missing: run 'sudo apt-get install -y chromium' for the browser tests (they skip without it)"; fi; }
+
+test: $(STAMP) chromium
 	$(PY) -m pytest -n 2 --dist loadgroup
+
+# the documentation site (mkdocs.yml, docs/): broken links, missing pages or references fail the build
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench
@@ -31,4 +41,4 @@ bench: $(STAMP)
 	$(VENV)/bin/diffusio bench overhead
 
 clean:
-	rm -rf runs .pytest_cache .ruff_cache
+	rm -rf runs site .pytest_cache .ruff_cache

@@ -104,14 +104,44 @@ def load_samples(file: str | Path) -> tuple[torch.Tensor, dict]:
 
 
 def _cmd_sample(args) -> int:
-    from diffusio.app.config import load_model
-    from diffusio.app.evaluation import generate
+    import os
 
-    model, cfg = load_model(args.ckpt, device=args.device or "cpu")
+    from diffusio.app.config import load_model
+
+    info = None
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun: the batches are dealt to the ranks
+        from diffusio.training import setup
+
+        info = setup(args.device or "cpu")
+    model, cfg = load_model(args.ckpt, device=info.device if info else (args.device or "cpu"))
     opts = dict(_parse_opts(args.opt))
     if cfg.get("family", "diffusion") != "diffusion":  # interpolants, flow maps, mean-reverting restoration
+        if info is not None:
+            from diffusio.training import cleanup
+
+            cleanup()
+            raise ValueError("sampling across processes covers diffusion/flow checkpoints; run it without torchrun")
         return _sample_family(model, cfg, args, opts)
-    x, nfe = generate(
+    x, nfe = _sample_sharded(model, cfg, args, opts, info)
+    if x is None:  # a rank other than 0: its share is in rank 0's merged file
+        return 0
+    meta = {"solver": args.solver, "steps": args.steps, "nfe": nfe, "grid": args.grid, "seed": args.seed, **opts}
+    for f in save_samples(x, Path(args.out), cfg, meta):
+        print(f"wrote {f}")
+    print(f"{args.n} samples, {nfe} model calls each")
+    return 0
+
+
+def _sample_sharded(model, cfg: dict, args, opts: dict, info):
+    """The run's batches (each from its own seeded generator, app/shards.py); under torchrun each rank makes its
+    share, writes OUT.rankK.npz, and rank 0 merges them (returns (None, nfe) on the other ranks)."""
+    import torch.distributed as dist
+
+    from diffusio.app.shards import merge_shards, sample_batches, shard_file, write_shard
+    from diffusio.training import cleanup
+
+    rank, world = (info.rank, info.world_size) if info is not None else (0, 1)
+    batches, nfe = sample_batches(
         model,
         tuple(cfg["data_shape"]),
         args.n,
@@ -121,14 +151,24 @@ def _cmd_sample(args) -> int:
         seed=args.seed,
         batch_size=args.batch_size,
         labels=_labels(cfg, args.n, args.class_),
-        progress=True,
+        rank=rank,
+        world_size=world,
+        progress=rank == 0,
         **opts,
     )
-    meta = {"solver": args.solver, "steps": args.steps, "nfe": nfe, "grid": args.grid, "seed": args.seed, **opts}
-    for f in save_samples(x, Path(args.out), cfg, meta):
-        print(f"wrote {f}")
-    print(f"{args.n} samples, {nfe} model calls each")
-    return 0
+    if world == 1:
+        return torch.cat([batches[k] for k in sorted(batches)]), nfe
+    try:
+        write_shard(batches, args.out, rank, nfe)
+        dist.barrier()
+        if rank != 0:
+            return None, nfe
+        x, nfe = merge_shards(args.out, world, -(-args.n // args.batch_size))
+        for r in range(world):
+            shard_file(args.out, r).unlink()
+        return x, nfe
+    finally:
+        cleanup()
 
 
 def _sample_family(model, cfg: dict, args, opts: dict) -> int:
@@ -206,8 +246,25 @@ def _cmd_bench(args) -> int:
     return int(mod.main(args.rest) or 0)
 
 
+def _cmd_serve(args) -> int:
+    from diffusio.app.ui import serve
+
+    serve(args.root, host=args.host, port=args.port, gallery=args.gallery)
+    return 0
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("diffusio")
+    except PackageNotFoundError:  # a source tree that is not installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="diffusio", description="Diffusion and flow models: train, sample, evaluate.")
+    p.add_argument("--version", action="version", version=f"diffusio {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("demo", help="train a 2-D and a digits model, sample with every baseline sampler, report")
@@ -228,7 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--solver", default="heun")
     s.add_argument("--steps", type=int, default=18)
     s.add_argument("--grid", default=None, help="uniform, logsnr, karras or quadratic (default: the solver's)")
-    s.add_argument("--n", type=int, default=1000)
+    s.add_argument(
+        "--n", "--num-samples", dest="n", type=int, default=1000, help="samples (--num-samples under torchrun)"
+    )
     s.add_argument("--out", default="samples.npz", help="FILE.npz or FILE.safetensors; a PNG is written beside")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--batch-size", type=int, default=1000)
@@ -253,6 +312,13 @@ def build_parser() -> argparse.ArgumentParser:
     from diffusio.app.scaling_cli import add_search_parser
 
     add_search_parser(sub)
+
+    sv = sub.add_parser("serve", help="the web studio: sample, watch previews, cancel, inpaint, compare, gallery")
+    sv.add_argument("--root", default="runs", help="folder searched for model.safetensors / checkpoint.safetensors")
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    sv.add_argument("--port", type=int, default=8765)
+    sv.add_argument("--gallery", help="where the studio saves its PNGs (default ROOT/studio)")
+    sv.set_defaults(fn=_cmd_serve)
 
     b = sub.add_parser("bench", help="benchmarks (write JSON, markdown and a plot to bench/results/)")
     b.add_argument("name", choices=sorted(BENCHES))
