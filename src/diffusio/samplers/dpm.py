@@ -13,12 +13,11 @@ Coefficients are float64 Python scalars; tensor arithmetic stays in ``x``'s dtyp
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from diffusio.core.time import time_batch
+from diffusio.core.time import Coeffs, coeffs, time_batch
 from diffusio.core.timesteps import check_grid
 from diffusio.models.base import ModelBase
 from diffusio.samplers.base import Callback, Step, model_x0
@@ -47,31 +46,15 @@ LOWER_ORDER_FINAL_BELOW = 15
 LOWER_ORDER_FINAL_BELOW_3M = 8
 
 
-@dataclass(frozen=True)
-class Point:
-    """A time point of the grid with its path quantities as float64 Python scalars."""
-
-    t: Tensor
-    alpha: float
-    sigma: float
-    lam: float
+def point_at_lambda(path, lam: Tensor | float) -> Coeffs:
+    """The path's coefficients (as floats) where the half log-SNR is ``lam`` (for intermediate stages)."""
+    return coeffs(path, path.t_of_log_snr(torch.as_tensor(lam, dtype=torch.float64))).floats()
 
 
-def point(path, t: Tensor | float) -> Point:
-    """Evaluate alpha, sigma, lambda at scalar time ``t``."""
-    t = torch.as_tensor(t, dtype=torch.float64)
-    return Point(t, float(path.alpha(t)), float(path.sigma(t)), float(path.log_snr(t)))
-
-
-def point_at_lambda(path, lam: float) -> Point:
-    """The point whose half log-SNR is ``lam`` (for intermediate stages)."""
-    return point(path, path.t_of_log_snr(torch.tensor(lam, dtype=torch.float64)))
-
-
-def grid_points(model: ModelBase, ts: Tensor) -> list[Point]:
-    """Validate the grid (strictly decreasing, inside the path's domain) and evaluate it."""
+def grid_points(model: ModelBase, ts: Tensor) -> list[Coeffs]:
+    """Validate the grid (strictly decreasing, inside the path's domain) and evaluate it (float coefficients)."""
     ts = check_grid(ts, model.path)
-    return [point(model.path, t) for t in ts]
+    return [coeffs(model.path, t).floats() for t in ts]
 
 
 def check_steps(ts: Tensor, need: int, solver: str, fix: str) -> None:
@@ -81,7 +64,7 @@ def check_steps(ts: Tensor, need: int, solver: str, fix: str) -> None:
         raise ValueError(f"steps must be >= {need} for {solver} (got steps={steps}); {fix}")
 
 
-def eps_call(model: ModelBase, x: Tensor, p: Point, cond: dict | None) -> Tensor:
+def eps_call(model: ModelBase, x: Tensor, p: Coeffs, cond: dict | None) -> Tensor:
     """One model call: the noise prediction at ``p``."""
     return model.predict(x, time_batch(p.t, x), "eps", **(cond or {})).to(x.dtype)
 
@@ -89,7 +72,7 @@ def eps_call(model: ModelBase, x: Tensor, p: Point, cond: dict | None) -> Tensor
 # --- singlestep DPM-Solver (noise form) and DPM-Solver++ 2S (data form) -------------------------------------------
 
 
-def _dpm_single(model, x, s: Point, t: Point, order: int, cond) -> tuple[Tensor, Tensor]:
+def _dpm_single(model, x, s: Coeffs, t: Coeffs, order: int, cond) -> tuple[Tensor, Tensor]:
     """One DPM-Solver-k step (Lu et al. 2022a, Alg. 1 for k = 2 with r1 = 1/2, Alg. 2 with r1 = 1/3, r2 = 2/3)."""
     path, h = model.path, t.lam - s.lam
     e_s = eps_call(model, x, s, cond)
@@ -112,7 +95,7 @@ def _check_order(order: int, allowed: tuple[int, ...], solver: str) -> None:
         raise ValueError(f"order must be one of {allowed} for {solver}, got {order!r}")
 
 
-def _x0_from_eps(x: Tensor, p: Point, e: Tensor) -> Tensor:
+def _x0_from_eps(x: Tensor, p: Coeffs, e: Tensor) -> Tensor:
     return (x - p.sigma * e) / p.alpha
 
 

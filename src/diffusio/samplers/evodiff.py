@@ -18,9 +18,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from diffusio.core.time import Coeffs
 from diffusio.models.base import ModelBase
 from diffusio.samplers.base import Callback, Step, model_x0
-from diffusio.samplers.dpm import Point, check_steps, grid_points
+from diffusio.samplers.dpm import check_steps, grid_points
 
 __all__ = ["EvoConstants", "sample_evodiff"]
 
@@ -54,7 +55,7 @@ def _proj(a: Tensor, b: Tensor, reduce: str, clip: float) -> Tensor:
     return (num / den.clamp(min=torch.finfo(a.dtype).tiny)).clamp(-clip, clip)
 
 
-def _final_step(x_e, s: Point, t: Point, h: float, m_s, m_p, final_step: str):
+def _final_step(x_e, s: Coeffs, t: Coeffs, h: float, m_s, m_p, final_step: str):
     """Last step without a model call: plain DDIM (``"ddim"``) or the official EDM-tuned heuristic (``"official"``)."""
     if final_step == "ddim" or m_p is None:
         return x_e
@@ -118,7 +119,7 @@ def sample_evodiff(
     return x
 
 
-def _evo_step(model, x_e, p: Point, s: Point, t: Point, h, m_s, m_p, steps, t_sum, t_end, k: EvoConstants, proj, cond):
+def _evo_step(model, x_e, p: Coeffs, s: Coeffs, t: Coeffs, h, m_s, m_p, steps, t_sum, t_end, k: EvoConstants, proj, cond):
     """One order-2 EVODiff step (evodiff.md, Algorithm 3a-3k); returns (x_t, m at the predicted point)."""
     r = (s.lam - p.lam) / (t.lam - s.lam)
     tn = (float(t.t) + t_end) / t_sum  # t_sum = t_start + t_end, in the path's native time (EDM: sigma)
