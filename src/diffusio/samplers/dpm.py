@@ -21,7 +21,7 @@ from diffusio.core.time import Coeffs, coeffs, time_batch
 from diffusio.core.timesteps import check_grid
 from diffusio.models.base import ModelBase
 from diffusio.samplers.base import Callback, Step, model_x0
-from diffusio.samplers.kernels import data_update, noise_update, phi
+from diffusio.samplers.kernels import data_sde_update, data_update, noise_update, phi
 
 __all__ = [
     "LOWER_ORDER_FINAL_BELOW",
@@ -256,10 +256,12 @@ def _dpmpp_multistep(model, x, ts, cond, callback, generator, order, variant, lo
         hist = [(s.lam, m)] + hist[: order - 1]
         below = LOWER_ORDER_FINAL_BELOW_3M if order == 3 else LOWER_ORDER_FINAL_BELOW
         p = final_order(order, i, steps, lower_order_final, below)
-        x = data_update(x, s, t, _dpmpp_derivs(hist[:p], t.lam - s.lam, variant, second), eta)
+        ds = _dpmpp_derivs(hist[:p], t.lam - s.lam, variant, second)
         if eta > 0:
             z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            x = x + t.sigma * math.sqrt(-math.expm1(-2 * eta * (t.lam - s.lam))) * z
+            x = data_sde_update(x, s, t, ds, eta, z)
+        else:
+            x = data_update(x, s, t, ds)
         if callback is not None:
             callback(Step(i, float(t.t), x, m))
     return x

@@ -93,14 +93,9 @@ def sample_evodiff(
     if final_step not in ("ddim", "official"):
         raise ValueError(f"final_step must be 'ddim' or 'official', got {final_step!r}")
     check_steps(ts, order, "evodiff", "pass more steps or order=1")
-    k = constants or EvoConstants()
     pts = grid_points(model, ts)
     steps = len(pts) - 1
-    t_sum = float(pts[0].t) + float(pts[-1].t)
-
-    def proj(a, b):
-        return _proj(a, b, reduce, k.proj_clip)
-
+    run = _Run(model, cond, constants or EvoConstants(), reduce, steps, float(pts[0].t), float(pts[-1].t))
     m_s, m_p = model_x0(model, x, pts[0].t, cond), None
     for i in range(steps):
         p, s, t = (pts[i - 1] if i > 0 else None), pts[i], pts[i + 1]
@@ -112,17 +107,35 @@ def sample_evodiff(
             x_new = x_e
             m_t = model_x0(model, x_new, t.t, cond)
         else:
-            x_new, m_t = _evo_step(model, x_e, p, s, t, h, m_s, m_p, steps, t_sum, float(pts[-1].t), k, proj, cond)
+            x_new, m_t = _evo_step(run, x_e, p, s, t, h, m_s, m_p)
         if callback is not None:
             callback(Step(i, float(t.t), x_new, m_s))
         x, m_p, m_s = x_new, m_s, m_t
     return x
 
 
-def _evo_step(model, x_e, p: Coeffs, s: Coeffs, t: Coeffs, h, m_s, m_p, steps, t_sum, t_end, k: EvoConstants, proj, cond):
-    """One order-2 EVODiff step (evodiff.md, Algorithm 3a-3k); returns (x_t, m at the predicted point)."""
+@dataclass(frozen=True)
+class _Run:
+    """What every step of one EVODiff run shares: the model and its condition, the constants, the projection axes,
+    the number of steps and the grid's end times (native time; EDM: sigma)."""
+
+    model: ModelBase
+    cond: dict | None
+    k: EvoConstants
+    reduce: str
+    steps: int
+    t_start: float
+    t_end: float
+
+    def proj(self, a: Tensor, b: Tensor) -> Tensor:
+        return _proj(a, b, self.reduce, self.k.proj_clip)
+
+
+def _evo_step(run: _Run, x_e: Tensor, p: Coeffs, s: Coeffs, t: Coeffs, h: float, m_s: Tensor, m_p: Tensor):
+    """One order-2 EVODiff step (official code's order-2 update); returns (x_t, m at the predicted point)."""
+    model, cond, k, proj, steps = run.model, run.cond, run.k, run.proj, run.steps
     r = (s.lam - p.lam) / (t.lam - s.lam)
-    tn = (float(t.t) + t_end) / t_sum  # t_sum = t_start + t_end, in the path's native time (EDM: sigma)
+    tn = (float(t.t) + run.t_end) / (run.t_start + run.t_end)
     w_t = k.time_weight * (1 - tn**2)
     base = math.sqrt((t.sigma / s.sigma) / (s.sigma / p.sigma))
     c1 = (1 - w_t) * base + w_t * proj(m_s, m_p)

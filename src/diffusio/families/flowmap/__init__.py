@@ -25,12 +25,22 @@ from torch import Tensor, nn
 from diffusio.core.parametrization import convert
 from diffusio.core.paths import Path
 from diffusio.core.time import as_time, broadcast, time_batch
-from diffusio.models.base import ModelBase, _net_dtype
+from diffusio.models.base import CountingModel, ModelBase, ModelWrapper, _net_dtype
+from diffusio.models.wrappers import Rescheduled
 from diffusio.samplers import Solver, register_solver
 from diffusio.samplers.base import Callback, Step
+from diffusio.samplers.kernels import heun_update
 from diffusio.training.losses import LogitNormal, UniformTime
 
-__all__ = ["EulerianTarget", "FlowMapDistillation", "FlowMapModel", "LagrangianTarget", "sample_flowmap"]
+__all__ = [
+    "EulerianTarget",
+    "FlowMapDistillation",
+    "FlowMapModel",
+    "LagrangianTarget",
+    "flow_jump",
+    "flow_map_of",
+    "sample_flowmap",
+]
 
 
 class FlowMapModel(ModelBase):
@@ -64,20 +74,69 @@ class FlowMapModel(ModelBase):
 def sample_flowmap(
     model: ModelBase, x: Tensor, ts: Tensor, *, cond: dict | None = None, callback: Callback | None = None
 ) -> Tensor:
-    """Jump along the grid with a learned flow map: x <- Psi_{ts[i] -> ts[i+1]}(x) (1 call per jump; 1-4 jumps
-    are the point). ``model`` is a :class:`FlowMapModel`, possibly inside the front door's call counter."""
-    flow = model
-    while not isinstance(flow, FlowMapModel):  # unwrap the call counter of samplers.sample
-        flow = getattr(flow, "inner", None)
-        if flow is None:
-            raise ValueError("the flowmap solver needs a FlowMapModel (a model with jump(x, t, s)); use euler/heun")
+    """Jump along the grid with a learned flow map: x <- Psi_{ts[i] -> ts[i+1]}(x) (1-4 jumps are the point).
+
+    ``model`` is a :class:`FlowMapModel` or wrappers around one, and the jump honours them (:func:`flow_jump`):
+    :class:`~diffusio.models.wrappers.Rescheduled` maps the jump to the flow map's own time axis exactly, and a
+    wrapper that changes the prediction (guidance, corrections) adds its change of the velocity over the jump.
+    1 flow-map call per jump, plus 2 velocity calls per prediction-changing wrapper.
+    """
+    flow_map_of(model)
     for i in range(len(ts) - 1):
-        x = flow.jump(x, time_batch(ts[i], x).to(x.dtype), time_batch(ts[i + 1], x).to(x.dtype))
-        if hasattr(model, "calls"):
-            model.calls += 1
+        t, s = time_batch(ts[i], x), time_batch(ts[i + 1], x)
+        x = flow_jump(model, x, t, s, cond or {})
         if callback is not None:
             callback(Step(i, float(ts[i + 1]), x))
     return x
+
+
+def flow_map_of(model: ModelBase) -> FlowMapModel:
+    """The :class:`FlowMapModel` inside ``model``'s wrappers (a clear error when there is none)."""
+    inner = model
+    while not isinstance(inner, FlowMapModel):
+        inner = getattr(inner, "inner", None)
+        if inner is None:
+            raise ValueError("the flowmap solver needs a FlowMapModel (a model with jump(x, t, s)); use euler/heun")
+    return inner
+
+
+def flow_jump(
+    model: ModelBase, x: Tensor, t: Tensor, s: Tensor, cond: dict, counter: CountingModel | None = None
+) -> Tensor:
+    """Psi_{t->s}(x) of ``model`` in its own time (``t``, ``s``: float64 ``(B,)``), through its wrappers.
+
+    * :class:`FlowMapModel`: the learned jump x + (s - t) U(x, t, s).
+    * :class:`~diffusio.models.wrappers.Rescheduled` to a new path: two Gaussian paths with the same log-SNR carry
+      the same PF-ODE trajectories up to the scale alpha (Kingma et al. 2021, Sec. 4; Karras et al. 2022, Sec. 3),
+      so the jump is x' alpha_old(t_o)/alpha_new(t) -> Psi_{t_o->s_o} -> times alpha_new(s)/alpha_old(s_o), with
+      t_o, s_o the old times of the same log-SNR. Exact, not an approximation.
+    * :class:`~diffusio.models.base.CountingModel`: counts every call made below it (the jump and the velocities).
+    * any other wrapper that overrides ``predict`` (guidance, inverse-problem corrections): its change of the
+      PF-ODE velocity at (x, t), delta = u_wrapper - u_inner, is added over the jump, (s - t) delta — the first-order
+      (Euler) flow map of the perturbation, exact as s -> t. A wrapper that only forwards adds nothing.
+    """
+    if isinstance(model, FlowMapModel):
+        if counter is not None:
+            counter.calls += 1
+        return model.jump(x, t.to(x.dtype), s.to(x.dtype))
+    if isinstance(model, Rescheduled):
+        old, new = model.inner.path, model.path
+        t_o, s_o = model.old_time(t), model.old_time(s)
+        x_o = x * broadcast(old.alpha(t_o) / new.alpha(t), x)
+        y = flow_jump(model.inner, x_o, t_o, s_o, cond, counter)
+        return y * broadcast(new.alpha(s) / old.alpha(s_o), x)
+    if not isinstance(model, ModelWrapper):
+        raise ValueError(f"the flowmap solver cannot jump through {type(model).__name__}; it needs a FlowMapModel")
+    if isinstance(model, CountingModel):
+        return flow_jump(model.inner, x, t, s, cond, model)
+    y = flow_jump(model.inner, x, t, s, cond, counter)
+    if type(model).predict is not ModelWrapper.predict:
+        tt = t.to(x.dtype)
+        if counter is not None:
+            counter.calls += 2
+        delta = model.predict(x, tt, "velocity", **cond) - model.inner.predict(x, tt, "velocity", **cond)
+        y = y + broadcast(s - t, x) * delta.to(x.dtype)
+    return y
 
 
 @dataclass(frozen=True)
@@ -110,15 +169,17 @@ class LagrangianTarget:
     def __call__(self, loss: FlowMapDistillation, model: FlowMapModel, xt: Tensor, t: Tensor, s: Tensor, u: Tensor):
         if loss.teacher is None:
             raise ValueError("LagrangianTarget needs a teacher model (FlowMapDistillation(teacher=...))")
+
+        def f(y: Tensor, tau: Tensor) -> Tensor:
+            return loss.teacher.predict(y, tau, "velocity").to(y.dtype)
+
         h = (s - t) / self.steps
         x, tau, d = xt, t, u
         for k in range(self.steps):
-            x_e = x + broadcast(h, x) * d
-            d2 = loss.teacher.predict(x_e, tau + h, "velocity").to(x.dtype)
-            x = x + broadcast(h / 2, x) * (d + d2)
+            x, _ = heun_update(f, x, d, h, tau + h)
             tau = tau + h
             if k + 1 < self.steps:
-                d = loss.teacher.predict(x, tau, "velocity").to(x.dtype)
+                d = f(x, tau)
         gap = (s - t).to(x.dtype)
         jump = (x - xt) / broadcast(torch.where(gap == 0, torch.ones_like(gap), gap), x)
         return torch.where((gap == 0).reshape(-1, *[1] * (x.ndim - 1)), u, jump)

@@ -21,8 +21,6 @@ form is DDPM's ancestral step (IR-SDE's "posterior" sampler).
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
@@ -30,7 +28,7 @@ from diffusio.core.time import time_batch
 from diffusio.models.base import ModelBase
 from diffusio.samplers.base import Callback, Step
 from diffusio.samplers.dpm import _dpmpp_derivs, final_order, grid_points
-from diffusio.samplers.kernels import data_update, noise_update
+from diffusio.samplers.kernels import data_sde_update, data_update, noise_sde_update, noise_update
 
 __all__ = ["FORMS", "sample_mrs", "sample_mrs_sde"]
 
@@ -51,15 +49,12 @@ def _check(order: int, allowed: tuple[int, ...], name: str) -> None:
 
 
 def _step(x: Tensor, s, t, ds: list[Tensor], head: str, stochastic: bool, generator) -> Tensor:
-    """One MRS update s -> t from the derivative estimates ``ds`` (the DPM-Solver(++) steps of ``dpm.py``)."""
-    h = t.lam - s.lam
+    """One MRS update s -> t from the derivative estimates ``ds``: the exponential-integrator kernels (ODE: data or
+    noise form; SDE: SDE-DPM-Solver++ with eta = 1 in data form, MRS Eq. 16 in noise form)."""
     if not stochastic:
         return data_update(x, s, t, ds) if head == "x0" else noise_update(x, s, t, ds)
     z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-    if head == "x0":  # SDE-DPM-Solver++ (eta = 1): exact linear part e^{-h} sigma_t/sigma_s, noise variance 1 - e^{-2h}
-        return data_update(x, s, t, ds, eta=1.0) + (t.sigma * math.sqrt(-math.expm1(-2 * h))) * z
-    # noise form: the integral of e^{-lambda} eps carries twice the ODE's weight (MRS Eq. 16)
-    return noise_update(x, s, t, [2 * d for d in ds]) + (t.sigma * math.sqrt(math.expm1(2 * h))) * z
+    return data_sde_update(x, s, t, ds, 1.0, z) if head == "x0" else noise_sde_update(x, s, t, ds, z)
 
 
 def _run(model, x, ts, cond, callback, generator, order, form, stochastic, w3, lower_order_final) -> Tensor:
