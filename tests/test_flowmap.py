@@ -161,4 +161,4 @@ def test_flowmap_solver_on_a_rescheduled_flow_map_uses_the_right_time_axis():
     ref = sample(Rescheduled(teacher, new), z, solver="heun", steps=400, grid="uniform", t_max=0.9).x
     assert res.nfe == 2 and torch.allclose(res.x, ref, atol=1e-4)  # Heun: 3e-5 at 400 steps, order 2
     wrong = flow.jump(flow.jump(z, ts[0], ts[1]), ts[1], ts[2])  # the old map on the new path's times
-    assert (wrong - ref).abs().mean() > 0.05
+    assert (wrong - ref).abs().mean() > 0.02  # 400x the tolerance above
