@@ -1,5 +1,5 @@
 """Flow maps: the MeanFlow identity in the distillation target, jumps, the flowmap solver, and a tiny distillation
-from an exact Gaussian teacher sampled in one step (principles.md, "Flow maps", tests 7-8)."""
+from an exact Gaussian teacher sampled in one step (MeanFlow, Geng et al. 2025, Eq. 6-8)."""
 
 import math
 

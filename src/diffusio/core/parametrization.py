@@ -1,4 +1,5 @@
-"""One hub for the five network heads: eps, x0, v, score, velocity (principles.md, "Exact conversions").
+"""One hub for the five network heads: eps, x0, v, score, velocity (Tweedie: Efron 2011;
+v: Salimans & Ho 2022, Sec. 4; velocity: Lipman et al. 2023).
 
 Each kind defines ``to_x0`` and ``from_x0``; any pair converts through x0 (2N formulas, not N(N-1)). All
 conversions are affine in the head with coefficients that depend only on ``(x, t)`` and the path.

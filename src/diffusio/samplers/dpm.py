@@ -1,6 +1,7 @@
 """Exponential integrators in half log-SNR time: DPM-Solver, DPM-Solver++ (ODE and SDE) and iPNDM.
 
-The probability-flow ODE in lambda = log(alpha/sigma) has an exactly integrable linear part (dpm-solver-v3.md):
+The probability-flow ODE in lambda = log(alpha/sigma) has an exactly integrable linear part (Lu et al. 2022a,
+Eq. 3.4; Lu et al. 2022b, Eq. 8):
 
 * noise form  x_t = (alpha_t/alpha_s) x_s - sigma_t sum_k h phi_{k+1}(h) d_k,    d_k ~ h^k eps^(k)(lambda_s),
 * data form   x_t = (sigma_t/sigma_s) x_s + alpha_t sum_k h phi_{k+1}(-h) d_k,  d_k ~ h^k x0^(k)(lambda_s),
@@ -41,7 +42,7 @@ __all__ = [
 # Multistep solvers lower the order of their last steps only on short runs, as diffusers' DPM-Solver++ does
 # (< 15 steps): the lower-order final steps stabilise few-step sampling, but would cap the convergence order as
 # h -> 0. Third-order multistep DPM-Solver++ uses a shorter threshold, measured on the three bench models
-# (bench/results/solvers.md): lowering the last orders helps at 4-6 steps and costs 1.5-5x in error at 8-10 steps.
+# (``diffusio bench solvers``): lowering the last orders helps at 4-6 steps and costs 1.5-5x in error at 8-10 steps.
 LOWER_ORDER_FINAL_BELOW = 15
 LOWER_ORDER_FINAL_BELOW_3M = 8
 
@@ -301,7 +302,7 @@ def sample_dpmpp_3m(
     ``variant="official"`` is the coefficient of LuChengTHU/dpm-solver, diffusers and k-diffusion (phi_3), which is
     exact only for linear x0(lambda): measured global order 2 (tests/test_fast_samplers.py), but at few steps
     (h ~ 1) its half-weight second difference overshoots less, and it is the more accurate of the two on all three
-    bench models from 8 to 20 calls (bench/results/solvers.md); registered as ``dpmpp_3m_official``.
+    bench models from 8 to 20 calls (``diffusio bench solvers``); registered as ``dpmpp_3m_official``.
     ``second_order`` is the two-point formula of the warm-up and lowered final steps: "midpoint" (LuChengTHU and
     diffusers' default) or "taylor" (k-diffusion); None picks midpoint for "official", taylor for "taylor3".
     ``lower_order_final=True`` lowers the last two steps' orders (to 1 and 2) on runs of fewer than 8 steps

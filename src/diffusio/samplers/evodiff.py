@@ -6,8 +6,8 @@ backward difference, calls the model once at the prediction, and corrects with a
 differences whose weights (eta, zeta) come from closed-form least-squares projections of the current outputs.
 
 The paper's text was not available; the step follows the official code (ShiguiLi/EVODiff,
-code_demo/edm_cifar10/samplers/evodiff.py) as reconstructed in ../shared/papers/evodiff.md. Its hand-set constants
-are the fields of :class:`EvoConstants`.
+code_demo/edm_cifar10/samplers/evodiff.py). Its hand-set constants are the fields of
+:class:`EvoConstants`.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ __all__ = ["EvoConstants", "sample_evodiff"]
 
 @dataclass(frozen=True)
 class EvoConstants:
-    """The official code's hand-set constants (evodiff.md, "Defaults")."""
+    """The official code's hand-set constants (ShiguiLi/EVODiff, the EDM CIFAR-10 sampler)."""
 
     proj_clip: float = 2.0  # proj(a, b) = clip(<a, b>/<b, b>, -clip, clip)
     ratio_temperature: float = 0.25  # r_i = clip(sigmoid(T |c1|) r, lo r, hi r)
@@ -37,7 +37,7 @@ class EvoConstants:
     zeta_shift: float = 0.5  # zeta = sigmoid(|zeta*| - shift) (<= switch steps)
     time_weight: float = 0.5  # w_t = time_weight (1 - tn^2)
     zeta_switch_steps: int = 20  # above this many steps the zeta rule changes sign and gains a scale c
-    zeta_min: float = 1e-3  # zeta divides the correction: keep it away from 0 (evodiff.md, "Pitfalls")
+    zeta_min: float = 1e-3  # zeta divides the correction: keep it away from 0
 
 
 _REDUCE = ("batch", "sample", "sample_channel")

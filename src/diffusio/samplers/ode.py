@@ -1,4 +1,5 @@
-"""Deterministic baseline samplers of the probability-flow ODE dx/dt = u(x, t) (principles.md, "Solvers")."""
+"""Deterministic baseline samplers of the probability-flow ODE dx/dt = u(x, t) (Song et al. 2021, Eq. 13;
+Karras et al. 2022, Sec. 3)."""
 
 from __future__ import annotations
 

@@ -21,7 +21,7 @@ def sample_ddpm(
     callback: Callback | None = None,
     generator: torch.Generator | None = None,
 ) -> Tensor:
-    """Ancestral sampling from p(x_s | x_t) = q(x_s | x_t, x0_hat) (Ho et al. 2020, Alg. 2; principles.md).
+    """Ancestral sampling from p(x_s | x_t) = q(x_s | x_t, x0_hat) (Ho et al. 2020, Alg. 2).
 
     mu = (a sigma_s^2/sigma_t^2) x_t + (alpha_s v/sigma_t^2) x0_hat, a = alpha_t/alpha_s, v = sigma_t^2 - a^2 sigma_s^2.
     """
@@ -42,7 +42,8 @@ def sample_euler_maruyama(
     generator: torch.Generator | None = None,
     eta: float = 1.0,
 ) -> Tensor:
-    """Euler–Maruyama on the reverse SDE family dx = [f x - (1 + eta^2)/2 g^2 score] dt + eta g dW (principles.md).
+    """Euler–Maruyama on the reverse SDE family dx = [f x - (1 + eta^2)/2 g^2 score] dt + eta g dW (Song et al. 2021,
+    Eq. 6; Karras et al. 2022, Eq. 6).
 
     ``eta = 1`` is Anderson's reverse SDE, ``eta = 0`` the probability-flow ODE; all share the marginals p_t.
     """

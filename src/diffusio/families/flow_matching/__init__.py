@@ -24,11 +24,13 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
+from diffusio.families.base import Family
 from diffusio.models.base import ModelBase
 from diffusio.samplers import sample
 from diffusio.samplers.kernels import heun_update
 
 __all__ = [
+    "FAMILY",
     "MinibatchOT",
     "ReflowCoupling",
     "exact_assignment",
@@ -175,3 +177,11 @@ def straightness(model: ModelBase, x: Tensor, ts: Tensor) -> tuple[float, Tensor
     dev = torch.stack([(u - chord).flatten(1).pow(2).sum(1) for u in us])  # (steps, B)
     w = (ts[1:] - ts[:-1]).abs().to(dev) / float((ts[-1] - ts[0]).abs())
     return float((w[:, None] * dev).sum(0).mean()), x_cur
+
+
+FAMILY = Family(
+    "flow_matching",
+    "flow matching / rectified flow (Lipman et al. 2023; Liu et al. 2023): a velocity model on the linear path "
+    "with minibatch-OT or reflow couplings (the Gaussian diffusion builders; ``loss.coupling`` picks the coupling)",
+    configs=("flow_ot.yaml", "reflow.yaml"),
+)

@@ -14,7 +14,8 @@ Fields (all functions of (x, t), in the paper's notation):
   sqrt(2 eps) dW_bar with time running 1 -> 0 (Thm. 2.21-2.22). All have the marginals of x_t.
 
 Modules: ``coefficients`` (a, b, gamma, epsilon schedules, the Interpolant and its Path form), ``fields`` (learned
-and exact fields), ``integration`` (ODE/SDE samplers on the one-step kernels), ``loss`` (the objective).
+and exact fields), ``integration`` (ODE/SDE samplers on the one-step kernels), ``loss`` (the objective),
+``family`` (the :class:`~diffusio.families.base.Family` record: model, loss and generation from a config).
 """
 
 from diffusio.families.interpolants.coefficients import (
@@ -33,11 +34,13 @@ from diffusio.families.interpolants.coefficients import (
     TapEpsilon,
     ZeroGamma,
 )
+from diffusio.families.interpolants.family import FAMILY
 from diffusio.families.interpolants.fields import GaussianMixtureFields, InterpolantModel, noise_coefficient
 from diffusio.families.interpolants.integration import generate, sample_ode, sample_sde
 from diffusio.families.interpolants.loss import InterpolantLoss
 
 __all__ = [
+    "FAMILY",
     "BrownianGamma",
     "Coefficient",
     "ConstantEpsilon",

@@ -15,7 +15,7 @@ h = lambda_t - lambda_s and the output expanded as a polynomial in lambda throug
 
 with D1 = (q0 - q1)/r (order 2) and the three-point D1, D2 of DPM-Solver++(3M) (order 3). The official code weighs
 D2 with w3 = 1; the Taylor expansion gives w3 = 2 (``taylor3=True``; see the module tests). These are DPM-Solver(++)
-and SDE-DPM-Solver(++) on the MR schedule, as the MRS brief notes; order 1 data form is DDIM, SDE order 1 data
+and SDE-DPM-Solver(++) on the MR schedule (Li et al. 2025, Sec. 4); order 1 data form is DDIM, SDE order 1 data
 form is DDPM's ancestral step (IR-SDE's "posterior" sampler).
 """
 
