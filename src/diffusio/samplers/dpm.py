@@ -14,6 +14,7 @@ Coefficients are float64 Python scalars; tensor arithmetic stays in ``x``'s dtyp
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -238,7 +239,21 @@ _VARIANTS = {2: ("midpoint", "taylor"), 3: ("taylor3", "official")}
 _SECOND = ("midpoint", "taylor")
 
 
-def _dpmpp_multistep(model, x, ts, cond, callback, generator, order, variant, lower_order_final, eta, second=None):
+@dataclass(frozen=True)
+class Multistep:
+    """The options of one multistep DPM-Solver++ run: ``order`` (2 or 3), the ``variant`` of the derivative
+    estimate, ``lower_order_final`` (see :func:`final_order`), the SDE's ``eta`` (0: the ODE) and the two-point
+    formula ``second`` (None: the variant's own)."""
+
+    order: int
+    variant: str
+    lower_order_final: bool | int | str = True
+    eta: float = 0.0
+    second: str | None = None
+
+
+def _dpmpp_multistep(model, x, ts, cond, callback, generator, opts: Multistep) -> Tensor:
+    order, variant, eta, second = opts.order, opts.variant, opts.eta, opts.second
     if variant not in _VARIANTS[order]:
         raise ValueError(f"variant must be one of {_VARIANTS[order]} for order {order}, got {variant!r}")
     if second is None:  # 3M's own two-point formula: the official code's midpoint, or Taylor with taylor3
@@ -256,7 +271,7 @@ def _dpmpp_multistep(model, x, ts, cond, callback, generator, order, variant, lo
         m = model_x0(model, x, s.t, cond)
         hist = [(s.lam, m)] + hist[: order - 1]
         below = LOWER_ORDER_FINAL_BELOW_3M if order == 3 else LOWER_ORDER_FINAL_BELOW
-        p = final_order(order, i, steps, lower_order_final, below)
+        p = final_order(order, i, steps, opts.lower_order_final, below)
         ds = _dpmpp_derivs(hist[:p], t.lam - s.lam, variant, second)
         if eta > 0:
             z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
@@ -282,7 +297,7 @@ def sample_dpmpp_2m(
     alpha_t expm1(-h) D; ``variant="taylor"`` uses the phi_2 term instead (same order). ``lower_order_final``: the
     last step is first order on runs of fewer than 15 steps (True, diffusers' rule), on every run ("always"), or
     never (False, k-diffusion). 1 call per step."""
-    return _dpmpp_multistep(model, x, ts, cond, callback, None, 2, variant, lower_order_final, 0.0)
+    return _dpmpp_multistep(model, x, ts, cond, callback, None, Multistep(2, variant, lower_order_final))
 
 
 def sample_dpmpp_3m(
@@ -308,7 +323,8 @@ def sample_dpmpp_3m(
     ``lower_order_final=True`` lowers the last two steps' orders (to 1 and 2) on runs of fewer than 8 steps
     (``LOWER_ORDER_FINAL_BELOW_3M``; measured), "always" on every run, False never (k-diffusion). 1 call per step.
     """
-    return _dpmpp_multistep(model, x, ts, cond, callback, None, 3, variant, lower_order_final, 0.0, second_order)
+    opts = Multistep(3, variant, lower_order_final, second=second_order)
+    return _dpmpp_multistep(model, x, ts, cond, callback, None, opts)
 
 
 def sample_dpmpp_2m_sde(
@@ -326,7 +342,7 @@ def sample_dpmpp_2m_sde(
     """SDE-DPM-Solver++(2M) (Lu et al. 2022b, Sec. 5):
     x_t = (sigma_t/sigma_s) e^{-eta h} x_s + alpha_t (1 - e^{-(1+eta)h}) D + sigma_t sqrt(1 - e^{-2 eta h}) z.
     ``eta = 1`` is the reverse SDE, ``eta = 0`` the 2M ODE solver."""
-    return _dpmpp_multistep(model, x, ts, cond, callback, generator, 2, variant, lower_order_final, eta)
+    return _dpmpp_multistep(model, x, ts, cond, callback, generator, Multistep(2, variant, lower_order_final, eta))
 
 
 def sample_dpmpp_3m_sde(
@@ -343,7 +359,7 @@ def sample_dpmpp_3m_sde(
 ) -> Tensor:
     """Third-order multistep SDE-DPM-Solver++ (the 3M extrapolation of ``sample_dpmpp_3m`` with the SDE's exactly
     integrated linear part and noise, as in ``sample_dpmpp_2m_sde``). ``eta = 0`` is the 3M ODE solver."""
-    return _dpmpp_multistep(model, x, ts, cond, callback, generator, 3, variant, lower_order_final, eta)
+    return _dpmpp_multistep(model, x, ts, cond, callback, generator, Multistep(3, variant, lower_order_final, eta))
 
 
 # --- iPNDM: the classic linear-multistep reference -----------------------------------------------------------------

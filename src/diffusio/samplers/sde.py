@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from diffusio.models.base import ModelBase
-from diffusio.samplers.base import Callback, Step
+from diffusio.samplers.base import Callback, run_kernel
 from diffusio.samplers.kernels import ancestral_step, euler_maruyama_step
 
 __all__ = ["sample_ddpm", "sample_euler_maruyama"]
@@ -25,11 +25,7 @@ def sample_ddpm(
 
     mu = (a sigma_s^2/sigma_t^2) x_t + (alpha_s v/sigma_t^2) x0_hat, a = alpha_t/alpha_s, v = sigma_t^2 - a^2 sigma_s^2.
     """
-    for i in range(len(ts) - 1):
-        x, x0 = ancestral_step(model, x, ts[i], ts[i + 1], cond=cond, generator=generator)
-        if callback is not None:
-            callback(Step(i, float(ts[i + 1]), x, x0))
-    return x
+    return run_kernel(ancestral_step, model, x, ts, callback, cond=cond, generator=generator)
 
 
 def sample_euler_maruyama(
@@ -49,8 +45,4 @@ def sample_euler_maruyama(
     """
     if eta < 0:
         raise ValueError(f"eta must be >= 0, got {eta}")
-    for i in range(len(ts) - 1):
-        x, x0 = euler_maruyama_step(model, x, ts[i], ts[i + 1], cond=cond, eta=eta, generator=generator)
-        if callback is not None:
-            callback(Step(i, float(ts[i + 1]), x, x0))
-    return x
+    return run_kernel(euler_maruyama_step, model, x, ts, callback, cond=cond, eta=eta, generator=generator)

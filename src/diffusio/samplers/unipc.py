@@ -48,7 +48,7 @@ def _combine(rho: Tensor, ds: list[Tensor]) -> Tensor | float:
     return sum(float(c) * d for c, d in zip(rho, ds)) if ds else 0.0
 
 
-def _unipc_step(x, s: Coeffs, t: Coeffs, hist, p, variant, corrector, model, cond):
+def _unipc_step(x, s: Coeffs, t: Coeffs, hist, p, *, variant, corrector, model, cond):
     """One UniPC step of order p; returns (x_next, m at the predicted point or None)."""
     h = t.lam - s.lam
     (l0, m0), prev = hist[0], hist[1:p]
@@ -100,7 +100,7 @@ def sample_unipc(
         hist = [(s.lam, m)] + hist[: order - 1]
         p = final_order(order, i, steps, lower_order_final)
         corrector = use_corrector and i < steps - 1
-        x_next, m_t = _unipc_step(x, s, t, hist, p, variant, corrector, model, cond)
+        x_next, m_t = _unipc_step(x, s, t, hist, p, variant=variant, corrector=corrector, model=model, cond=cond)
         if callback is not None:
             callback(Step(i, float(t.t), x_next, m))
         x = x_next

@@ -21,6 +21,8 @@ form is DDPM's ancestral step (IR-SDE's "posterior" sampler).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
@@ -57,7 +59,20 @@ def _step(x: Tensor, s, t, ds: list[Tensor], head: str, stochastic: bool, genera
     return data_sde_update(x, s, t, ds, 1.0, z) if head == "x0" else noise_sde_update(x, s, t, ds, z)
 
 
-def _run(model, x, ts, cond, callback, generator, order, form, stochastic, w3, lower_order_final) -> Tensor:
+@dataclass(frozen=True)
+class _MRS:
+    """The options of one MRS run: ``order``, ``form`` (data or noise), ``stochastic`` (SDE), the D2 weight ``w3``
+    (1: official, 2: Taylor) and ``lower_order_final``."""
+
+    order: int
+    form: str
+    stochastic: bool
+    w3: float = 1.0
+    lower_order_final: bool = True
+
+
+def _run(model, x, ts, cond, callback, generator, opts: _MRS) -> Tensor:
+    order, form, stochastic, w3 = opts.order, opts.form, opts.stochastic, opts.w3
     head, pts, hist = _head(form), grid_points(model, ts), []
     steps = len(pts) - 1
     variant = "official" if w3 == 1.0 else "taylor3"
@@ -66,7 +81,7 @@ def _run(model, x, ts, cond, callback, generator, order, form, stochastic, w3, l
         q = model.predict(x, time_batch(s.t, x), head, **(cond or {})).to(x.dtype)
         hist = [(s.lam, q)] + hist[: order - 1]
         # MRS lowers the last orders on runs shorter than 10 steps (official MRSampler)
-        k = final_order(order, i, steps, bool(lower_order_final), below=10)
+        k = final_order(order, i, steps, bool(opts.lower_order_final), below=10)
         x = _step(x, s, t, _dpmpp_derivs(hist[:k], t.lam - s.lam, variant, "taylor"), head, stochastic, generator)
         if callback is not None:
             callback(Step(i, float(t.t), x, q if head == "x0" else None))
@@ -93,7 +108,7 @@ def sample_mrs(
     """
     _check(order, (1, 2, 3), "sample_mrs (ODE)")
     w3 = 2.0 if taylor3 else 1.0
-    return _run(model, x, ts, cond, callback, None, order, form, False, w3, lower_order_final)
+    return _run(model, x, ts, cond, callback, None, _MRS(order, form, False, w3, lower_order_final))
 
 
 def sample_mrs_sde(
@@ -111,4 +126,4 @@ def sample_mrs_sde(
     """MRS-SDE (Li et al. 2025, SDE updates above): exact linear part and exact noise variance, ``order`` 1 or 2;
     1 model call per step; noise only from ``generator``."""
     _check(order, (1, 2), "sample_mrs_sde")
-    return _run(model, x, ts, cond, callback, generator, order, form, True, 1.0, lower_order_final)
+    return _run(model, x, ts, cond, callback, generator, _MRS(order, form, True, 1.0, lower_order_final))
