@@ -35,8 +35,13 @@ from diffusio.families.interpolants.coefficients import (
     ZeroGamma,
 )
 from diffusio.families.interpolants.family import FAMILY
-from diffusio.families.interpolants.fields import GaussianMixtureFields, InterpolantModel, noise_coefficient
-from diffusio.families.interpolants.integration import generate, sample_ode, sample_sde
+from diffusio.families.interpolants.fields import (
+    GaussianMixtureFields,
+    InterpolantModel,
+    PaperFields,
+    noise_coefficient,
+)
+from diffusio.families.interpolants.integration import generate, sample_ode, sample_sde, sample_si_ode, sample_si_sde
 from diffusio.families.interpolants.loss import InterpolantLoss
 
 __all__ = [
@@ -54,6 +59,7 @@ __all__ = [
     "InterpolantPath",
     "LinearDown",
     "LinearUp",
+    "PaperFields",
     "ScaledGamma",
     "SineUp",
     "TapEpsilon",
@@ -62,4 +68,6 @@ __all__ = [
     "noise_coefficient",
     "sample_ode",
     "sample_sde",
+    "sample_si_ode",
+    "sample_si_sde",
 ]

@@ -65,5 +65,6 @@ FAMILY = Family(
     build_model=build_model,
     build_loss=build_loss,
     generate=generate,
+    solvers=("si_ode", "si_sde"),
     configs=("interpolant.yaml", "bridge.yaml"),
 )

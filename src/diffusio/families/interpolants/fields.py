@@ -10,19 +10,26 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from diffusio.core.parametrization import convert
 from diffusio.core.time import as_time, broadcast
 from diffusio.data.gmm import GaussianMixture
-from diffusio.families.interpolants.coefficients import Interpolant
+from diffusio.families.interpolants.coefficients import Interpolant, InterpolantPath
+from diffusio.models.base import ModelBase
 
 _F64 = torch.float64
 
 
 # --- fields: learned and exact ------------------------------------------------------------------------------------
-class InterpolantModel(nn.Module):
+class InterpolantModel(ModelBase):
     """A network ``net(x, t) -> (B, k * C, ...)`` read as the heads ``heads`` (split along dim 1), for ``interpolant``.
 
     ``heads`` are among ``"velocity"`` and ``"eta"`` (denoiser of the Gaussian part). ``gaussian_base`` says whether
-    rho_0 = N(0, I), which makes a one-sided model's eta = E[x_0 | x_t] a score. ``t`` is the paper's time.
+    rho_0 = N(0, I), which makes a one-sided model's eta = E[x_0 | x_t] a score. The network and :meth:`fields`
+    work in the paper's time; as a library Model (``predict``, ``model.path`` an :class:`InterpolantPath`) it is in
+    the library's time t = 1 - t_paper (data at t = 0), converted here and only here: the velocity changes sign,
+    the score is -eta/c. A one-sided interpolant with a Gaussian base is a Gaussian path, so every head follows
+    from the conversion hub; a two-sided one has velocity and score only (solvers ``si_ode``, ``si_sde``).
+    :meth:`paper_fields` gives the paper-time fields for the paper-time integrators.
     """
 
     HEADS = ("velocity", "eta")
@@ -39,44 +46,77 @@ class InterpolantModel(nn.Module):
         if bad or not heads or len(set(heads)) != len(heads):
             raise ValueError(f"heads must be distinct names among {', '.join(self.HEADS)}; got {list(heads)}")
         self.net, self.interpolant, self.heads, self.gaussian_base = net, interpolant, tuple(heads), gaussian_base
-
-    @property
-    def path(self) -> Interpolant:
-        """The interpolant (the Trainer passes ``model.path`` to the loss's ``draw``)."""
-        return self.interpolant
+        self.path = InterpolantPath(interpolant)
 
     def with_net(self, net: nn.Module) -> InterpolantModel:
         return InterpolantModel(net, self.interpolant, self.heads, self.gaussian_base)
 
     def fields(self, x: Tensor, t: Tensor) -> dict[str, Tensor]:
-        """All heads at ``x`` ``(B, ...)`` and ``t`` ``(B,)``."""
+        """All heads at ``x`` ``(B, ...)`` and paper time ``t`` ``(B,)``."""
         dtype = next(self.net.parameters()).dtype
         out = self.net(x.to(dtype), t.to(dtype)).to(x.dtype)
         return dict(zip(self.heads, out.chunk(len(self.heads), dim=1)))
 
+    def paper_fields(self) -> PaperFields:
+        """The fields v, eta, score in the paper's time (what :func:`sample_ode`/:func:`sample_sde` integrate)."""
+        return PaperFields(self)
+
+    def predict(self, x: Tensor, t: Tensor, kind: str = "x0", **cond) -> Tensor:
+        """The ``kind`` head at library time ``t`` ``(B,)``: u = -v(1 - t), score = -eta/c(1 - t); the other heads
+        through the hub when the interpolant is a Gaussian path (one-sided, Gaussian base)."""
+        if cond:
+            raise ValueError(f"an InterpolantModel takes no condition; got {', '.join(cond)}")
+        tp = 1 - t.to(torch.float64)
+        out = self.fields(x, tp)
+        if kind == "score":
+            return -_need(out, "eta", self.heads) / broadcast(
+                noise_coefficient(self.interpolant, self.gaussian_base)(tp), x
+            )
+        if kind == "velocity" and "velocity" in out:
+            return -out["velocity"]
+        if self.interpolant.stochastic or not self.gaussian_base:
+            raise ValueError(
+                f"a two-sided interpolant (or a bridge between data sets) has no {kind!r} head, only 'velocity' and "
+                "'score'; sample it with solver 'si_ode' or 'si_sde'"
+            )
+        if "velocity" in out:
+            return convert(-out["velocity"], "velocity", kind, x, t, self.path)
+        return convert(out["eta"], "eps", kind, x, t, self.path)  # one-sided: eta = E[x_0 | x_t] is the noise
+
+
+def _need(out: dict, name: str, heads: tuple) -> Tensor:
+    if name not in out:
+        raise ValueError(f"this model has no {name!r} head (heads: {', '.join(heads)}); train it with one")
+    return out[name]
+
+
+class PaperFields:
+    """An :class:`InterpolantModel`'s fields in the paper's time t (rho_0 at t = 0): the one adapter between the
+    paper's convention and the library's."""
+
+    def __init__(self, model: InterpolantModel):
+        self.model = model
+
     def velocity(self, x: Tensor, t: Tensor) -> Tensor:
-        return self._head("velocity", x, t)
+        return _need(self.model.fields(x, t), "velocity", self.model.heads)
 
     def eta(self, x: Tensor, t: Tensor) -> Tensor:
-        return self._head("eta", x, t)
+        return _need(self.model.fields(x, t), "eta", self.model.heads)
 
     def score(self, x: Tensor, t: Tensor) -> Tensor:
         """s = -eta / c(t) with c = gamma (two-sided) or a (one-sided, Gaussian base)."""
-        return -self.eta(x, t) / broadcast(noise_coefficient(self.interpolant, self.gaussian_base)(t), x)
+        m = self.model
+        return -self.eta(x, t) / broadcast(noise_coefficient(m.interpolant, m.gaussian_base)(t), x)
 
     def velocity_and_score(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """(v, s) from one network call."""
-        out = self.fields(x, t)
+        m = self.model
+        out = m.fields(x, t)
         for name in ("velocity", "eta"):
             if name not in out:
-                raise ValueError(f"the SDE needs a {name!r} head; this model has {', '.join(self.heads)}")
-        c = noise_coefficient(self.interpolant, self.gaussian_base)(t)
+                raise ValueError(f"the SDE needs a {name!r} head; this model has {', '.join(m.heads)}")
+        c = noise_coefficient(m.interpolant, m.gaussian_base)(t)
         return out["velocity"], -out["eta"] / broadcast(c, x)
-
-    def _head(self, name: str, x: Tensor, t: Tensor) -> Tensor:
-        if name not in self.heads:
-            raise ValueError(f"this model has no {name!r} head (heads: {', '.join(self.heads)}); train it with one")
-        return self.fields(x, t)[name]
 
 
 def noise_coefficient(interpolant: Interpolant, gaussian_base: bool) -> Callable[[Tensor], Tensor]:

@@ -10,8 +10,12 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from diffusio.core.time import time_batch
 from diffusio.families.interpolants.coefficients import ConstantEpsilon
 from diffusio.families.interpolants.fields import InterpolantModel
+from diffusio.models.base import ModelBase
+from diffusio.samplers import Solver, register_solver
+from diffusio.samplers.base import Callback, Step
 from diffusio.samplers.kernels import em_update, heun_update
 
 _F64 = torch.float64
@@ -87,6 +91,74 @@ def generate(
         raise ValueError(f"steps must be an integer >= 1; got {steps!r}")
     if isinstance(epsilon, int | float) and epsilon == 0:
         ts = torch.linspace(0.0, 1.0, steps + 1, dtype=_F64)
-        return sample_ode(model, x0, ts), 2 * steps
+        return sample_ode(model.paper_fields(), x0, ts), 2 * steps
     ts = torch.linspace(t_lo, 1 - t_lo, steps + 1, dtype=_F64)
-    return sample_sde(model, x0, ts, epsilon, generator=generator), steps
+    return sample_sde(model.paper_fields(), x0, ts, epsilon, generator=generator), steps
+
+
+# --- registered solvers in the library's time (data at t = 0): any Model with velocity and score heads ----------------
+def _u(model: ModelBase, cond: dict | None) -> Callable[[Tensor, Tensor], Tensor]:
+    def u(y: Tensor, t: Tensor) -> Tensor:
+        return model.predict(y, time_batch(t, y), "velocity", **(cond or {})).to(y.dtype)
+
+    return u
+
+
+def sample_si_ode(
+    model: ModelBase, x: Tensor, ts: Tensor, *, cond: dict | None = None, callback: Callback | None = None
+) -> Tensor:
+    """Heun on the transport ODE dx/dt = u(x, t) with the model's own velocity head, in library time (the
+    interpolant's ODE, paper Sec. 6, for :class:`InterpolantModel` and its wrappers). 2 calls per step."""
+    u = _u(model, cond)
+    for i in range(len(ts) - 1):
+        x, _ = heun_update(u, x, u(x, ts[i]), float(ts[i + 1] - ts[i]), ts[i + 1])
+        if callback is not None:
+            callback(Step(i, float(ts[i + 1]), x))
+    return x
+
+
+def sample_si_sde(
+    model: ModelBase,
+    x: Tensor,
+    ts: Tensor,
+    *,
+    cond: dict | None = None,
+    callback: Callback | None = None,
+    generator: torch.Generator | None = None,
+    epsilon: float | Callable[[Tensor], Tensor] = 0.5,
+) -> Tensor:
+    """Euler-Maruyama on the interpolant SDE family in library time: dx = (u - eps s) dt + sqrt(2 eps) dW as t falls
+    (the paper's forward SDE, Thm. 2.21, Eq. 2.33, with t = 1 - t_paper), ``epsilon(t_paper) >= 0`` a number or a
+    schedule in the paper's time. 2 calls per step (velocity and score)."""
+    eps_fn = ConstantEpsilon(float(epsilon)) if isinstance(epsilon, int | float) else epsilon
+    u = _u(model, cond)
+    for i in range(len(ts) - 1):
+        e = float(eps_fn(1 - torch.as_tensor(ts[i], dtype=_F64)))
+        if not (math.isfinite(e) and e >= 0):
+            raise ValueError(f"epsilon(t) must be finite and >= 0 at every step; got {e:.4g} at t={float(ts[i]):.4g}")
+        drift = u(x, ts[i])
+        z = None
+        if e > 0:
+            s = model.predict(x, time_batch(ts[i], x), "score", **(cond or {})).to(x.dtype)
+            drift = drift - e * s
+            z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        x = em_update(x, drift, 2 * e, float(ts[i + 1] - ts[i]), z)
+        if callback is not None:
+            callback(Step(i, float(ts[i + 1]), x))
+    return x
+
+
+register_solver(
+    Solver("si_ode", sample_si_ode, 2, 2, default_grid="uniform", summary="stochastic-interpolant ODE (Heun, velocity)")
+)
+register_solver(
+    Solver(
+        "si_sde",
+        sample_si_sde,
+        1,
+        2,
+        stochastic=True,
+        default_grid="uniform",
+        summary="stochastic-interpolant SDE (Euler-Maruyama, velocity + epsilon score)",
+    )
+)

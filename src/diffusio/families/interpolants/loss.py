@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from diffusio.core.time import broadcast
-from diffusio.families.interpolants.coefficients import Interpolant
+from diffusio.families.interpolants.coefficients import Interpolant, InterpolantPath
 from diffusio.families.interpolants.fields import InterpolantModel, noise_coefficient
 
 _F64 = torch.float64
@@ -34,8 +34,9 @@ class InterpolantLoss:
         if not 0 <= self.t_lo < self.t_hi <= 1:
             raise ValueError(f"need 0 <= t_lo < t_hi <= 1; got t_lo={self.t_lo}, t_hi={self.t_hi}")
 
-    def draw(self, x1: Tensor, interpolant: Interpolant, generator: torch.Generator | None = None):
-        """Times ``(B,)`` and the stacked noise ``(B, 2, ...)`` = (x_0, z) for one batch of data ``x1``."""
+    def draw(self, x1: Tensor, path: Interpolant | InterpolantPath, generator: torch.Generator | None = None):
+        """Paper times ``(B,)`` and the stacked noise ``(B, 2, ...)`` = (x_0, z) for one batch of data ``x1``
+        (``path``: the model's path, as the Trainer passes it, or the interpolant; only its noise is used)."""
         n = x1.shape[0]
         t = self.t_lo + (self.t_hi - self.t_lo) * torch.rand(n, generator=generator, dtype=_F64)
         if self.base is None:
