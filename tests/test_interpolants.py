@@ -232,7 +232,7 @@ def test_training_a_bridge_runs_through_the_trainer():
     first = float(tr.loss(model, *tr._batch()[:3]).mean().detach())
     tr.fit()
     assert float(tr.loss(model, *tr._batch()[:3]).mean().detach()) < first
-    v, s = model.velocity_and_score(torch.zeros(4, 2), torch.full((4,), 0.5))
+    v, s = model.paper_fields().velocity_and_score(torch.zeros(4, 2), torch.full((4,), 0.5))
     assert v.shape == s.shape == (4, 2)
 
 
@@ -260,3 +260,39 @@ def test_bad_coefficients_and_epsilon_are_clear_errors():
     with pytest.raises(ValueError, match="heads must be"):
         InterpolantModel(MLP(2), Interpolant(), heads=("score",))
     assert Interpolant(LinearDown(), LinearUp(), ScaledGamma(2.0)).stochastic
+
+
+class _ExactNet(torch.nn.Module):
+    """A 'network' returning the exact (velocity, eta) of an interpolant to N(M, S^2 I) data, in paper time."""
+
+    def __init__(self, fields):
+        super().__init__()
+        self.f, self.w = fields, torch.nn.Parameter(torch.zeros((), dtype=F64))
+
+    def forward(self, x, t):
+        return torch.cat([self.f.velocity(x, t), self.f.eta(x, t)], 1)
+
+
+def test_interpolant_model_is_a_library_model_and_its_solvers_match_the_paper_time_integrators():
+    """InterpolantModel in library time (data at t = 0): u(x, t) = -v(x, 1 - t); the registered si_ode equals the
+    paper-time Heun integrator, and si_sde reaches the data's mean and spread (two-sided, gamma > 0)."""
+    from diffusio.samplers import sample
+
+    it = Interpolant()
+    model = InterpolantModel(_ExactNet(_gauss_fields(it)), it)
+    x = torch.randn(8, 2, generator=torch.Generator().manual_seed(0), dtype=F64)
+    t = torch.full((8,), 0.3, dtype=F64)
+    assert torch.allclose(model.predict(x, t, "velocity"), -model.paper_fields().velocity(x, 1 - t), atol=1e-12)
+    with pytest.raises(ValueError, match="two-sided interpolant .* no 'x0' head"):
+        model(x, t)
+    z = torch.randn(2000, 2, generator=torch.Generator().manual_seed(1), dtype=F64)
+    grid = torch.linspace(1.0, 0.0, 41, dtype=F64)
+    lib = sample(model, z, solver="si_ode", steps=40, grid=grid)
+    from diffusio.families.interpolants import generate
+
+    paper, _ = generate(model, z, 40)
+    assert lib.nfe == 80 and torch.allclose(lib.x, paper, atol=1e-10)
+    g = torch.Generator().manual_seed(2)
+    sde = sample(model, z, solver="si_sde", steps=200, grid="uniform", t_min=1e-3, t_max=1 - 1e-3, generator=g).x
+    se = S / math.sqrt(len(z))
+    assert (sde.mean(0) - M).abs().max() < 5 * se and (sde.std(0) - S).abs().max() < 0.05, (sde.mean(0), sde.std(0))

@@ -8,7 +8,6 @@ same dict is stored in every checkpoint, so :func:`load_model` can rebuild what 
 from __future__ import annotations
 
 import copy
-import math
 import os
 from collections.abc import Callable
 from pathlib import Path as FsPath
@@ -18,9 +17,10 @@ import yaml
 
 from diffusio.core import paths
 from diffusio.data.sources import FunctionSource, TensorSource
-from diffusio.families import interpolants as si
-from diffusio.families import pfgmpp
+from diffusio.families import FAMILIES, Builders, Family, pfgmpp
+from diffusio.families.interpolants.family import GAMMAS
 from diffusio.families.mean_reverting import sde as mrsde
+from diffusio.families.mean_reverting.family import DEGRADATIONS
 from diffusio.io import load_safetensors
 from diffusio.models.base import EDMPrecond, Model
 from diffusio.training import losses
@@ -67,12 +67,6 @@ def _nets() -> dict[str, Callable[..., torch.nn.Module]]:
 
 NETS = ("mlp", "unet", "flowmap_mlp")
 DATA = ("toy", "digits", "images", "patches", "phantoms", "gmm", "restoration")
-DEGRADATIONS = {"noise": mrsde.add_noise, "blur": mrsde.gaussian_blur}
-# stochastic-interpolant coefficients (paper time: a goes 1 -> 0, b goes 0 -> 1, gamma vanishes at both ends)
-A_COEFFS = {"linear": si.LinearDown, "cosine": si.CosineDown}
-B_COEFFS = {"linear": si.LinearUp, "sine": si.SineUp}
-GAMMAS = {"brownian": si.BrownianGamma, "scaled": si.ScaledGamma, "zero": si.ZeroGamma}
-FAMILIES = ("diffusion", "interpolant", "flowmap", "mean_reverting")
 
 
 def _build_coupling(section: dict | str | None):
@@ -173,21 +167,26 @@ def build_net(section: dict, data_shape: tuple[int, ...], num_classes: int | Non
         return _pick(nets, spec, "net")
 
 
-def _family(config: dict) -> str:
+def _family(config: dict) -> Family:
     family = config.get("family", "diffusion")
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}; valid: {', '.join(FAMILIES)}")
-    return family
+    return FAMILIES[family]
+
+
+def builders() -> Builders:
+    """The config readers the families build with (they sit below the app)."""
+    from diffusio.metrics import psnr
+
+    return Builders(build_net, build_path, build_data, lambda f: load_model(f)[0], _pick, DENSITIES, {"psnr": psnr})
 
 
 def build_model(config: dict, data_shape: tuple[int, ...], num_classes: int | None = None):
     """The model of a run config: network + path + parametrization (+ EDM preconditioning) for the diffusion
     family (PFGM++ and flow matching included); the interpolant, flow-map and mean-reverting families' models."""
     family = _family(config)
-    if family != "diffusion":
-        return {"interpolant": _build_si_model, "flowmap": _build_flowmap_model, "mean_reverting": _build_mr_model}[
-            family
-        ](config, data_shape, num_classes)
+    if family.build_model is not None:
+        return family.build_model(config, data_shape, num_classes, builders())
     path = build_path(config.get("path", "vp_linear"))
     net_cfg = config.get("net")
     if net_cfg is None:
@@ -205,12 +204,9 @@ def build_model(config: dict, data_shape: tuple[int, ...], num_classes: int | No
 def build_loss(config: dict, model):
     """The training objective of a run config (DiffusionLoss with an optional coupling, or the family's loss)."""
     family = _family(config)
+    if family.build_loss is not None:
+        return family.build_loss(config, model, builders())
     spec = dict(config.get("loss", {}))
-    if family == "interpolant":
-        base = config.get("base")
-        return si.InterpolantLoss(build_data(base) if base else None, **spec)
-    if family == "flowmap":
-        return _build_flowmap_loss(config, spec)
     target = spec.pop("target", model.prediction)
     density = _pick(DENSITIES, spec.pop("density", "uniform"), "t-density")
     weighting = _pick(WEIGHTINGS, spec.pop("weighting", "uniform"), "weighting")
@@ -219,55 +215,8 @@ def build_loss(config: dict, model):
         raise ValueError(
             f"unknown loss option(s) {', '.join(sorted(spec))}; valid: target, density, weighting, coupling"
         )
-    cls = mrsde.MRLoss if family == "mean_reverting" else losses.DiffusionLoss
+    cls = family.loss_class or losses.DiffusionLoss
     return cls(target, density, weighting, coupling)
-
-
-# --- model families other than plain diffusion ------------------------------------------------------------------
-def _build_si_model(config: dict, data_shape, num_classes) -> si.InterpolantModel:
-    spec = dict(config.get("interpolant", {}))
-    it = si.Interpolant(
-        _pick(A_COEFFS, spec.pop("a", "linear"), "interpolant coefficient a"),
-        _pick(B_COEFFS, spec.pop("b", "linear"), "interpolant coefficient b"),
-        _pick(GAMMAS, spec.pop("gamma", "brownian"), "interpolant gamma"),
-    )
-    if spec:
-        raise ValueError(f"unknown interpolant option(s) {', '.join(sorted(spec))}; valid: a, b, gamma")
-    heads = tuple(config.get("model", {}).get("heads", ("velocity", "eta")))
-    net_cfg = {**config["net"], "out_dim": len(heads) * data_shape[0]}
-    net = build_net(net_cfg, data_shape, None, config.get("train", {}).get("seed", 0))
-    return si.InterpolantModel(net, it, heads, gaussian_base=not config.get("base"))
-
-
-def _build_flowmap_model(config: dict, data_shape, num_classes):
-    from diffusio.families.flowmap import FlowMapModel
-
-    path = build_path(config.get("path", "flow"))
-    net = build_net(config["net"], data_shape, None, config.get("train", {}).get("seed", 0))
-    return FlowMapModel(net, path)
-
-
-def _build_flowmap_loss(config: dict, spec: dict):
-    from diffusio.families.flowmap import FlowMapDistillation
-
-    teacher = config.get("teacher")
-    density = _pick(DENSITIES, spec.pop("density", "uniform"), "t-density")
-    return FlowMapDistillation(load_model(teacher)[0] if teacher else None, density, **spec)
-
-
-def _build_mr_model(config: dict, data_shape, num_classes) -> mrsde.MRModel:
-    from diffusio.nets import FlattenNet
-
-    path = build_path(config.get("path", "mr_cosine"))
-    if not isinstance(path, mrsde.MeanReverting):
-        raise ValueError(f"the mean_reverting family needs an mr_* path; got {path.name!r}")
-    net_cfg, seed, dim = dict(config["net"]), config.get("train", {}).get("seed", 0), math.prod(data_shape)
-    if net_cfg.get("name") == "mlp":  # the condition is concatenated: twice the input features
-        net = FlattenNet(build_net({**net_cfg, "dim": 2 * dim, "out_dim": dim}, (2 * dim,), None, seed), data_shape)
-    else:
-        channels = {"in_channels": 2 * data_shape[0], "out_channels": data_shape[0]}
-        net = build_net({**net_cfg, **channels}, data_shape, None, seed)
-    return mrsde.MRModel(net, path, config.get("model", {}).get("prediction", "x0"))
 
 
 def load_config(path: str | os.PathLike) -> dict:

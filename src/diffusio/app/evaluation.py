@@ -89,34 +89,15 @@ def evaluate(samples: Tensor, data_cfg: dict, n_ref: int = 5000, seed: int = 123
 
 
 def generate_family(model, cfg: dict, n: int, *, solver: str, steps: int, seed: int = 0, **options) -> tuple:
-    """Samples of a model whose family is not plain diffusion; returns (samples, calls per sample, extra metrics).
+    """Samples of a model of any family; returns (samples, calls per sample, extra metrics).
 
-    interpolant: draws from the base (N(0, I) or the config's ``base`` data) carried by the ODE (``epsilon=0``,
-    default) or the SDE (``epsilon > 0``). mean_reverting: restores ``n`` degraded test images of the config's data
-    with ``solver`` (e.g. mrs, mrs_sde, euler_maruyama, ddpm) and reports their PSNR. flowmap: ``solver`` jumps.
+    The family's own ``generate`` when it has one (``diffusio.families.FAMILIES``: interpolants carry base draws
+    by their ODE/SDE, mean-reverting models restore degraded test images and report PSNR), else :func:`generate`.
     """
-    family = cfg.get("family", "diffusion")
-    g = torch.Generator().manual_seed(seed)
-    if family == "interpolant":
-        from diffusio.app.config import build_data
-        from diffusio.families.interpolants import generate as si_generate
+    from diffusio.app.config import _family, builders
 
-        shape = tuple(cfg["data_shape"])
-        base = cfg.get("base")
-        x0 = build_data(base).sample(n, g)[0] if base else torch.randn((n, *shape), generator=g)
-        x, nfe = si_generate(model, x0, steps, options.pop("epsilon", 0.0), generator=g)
-        return x, nfe, {}
-    if family == "mean_reverting":
-        from diffusio.app.config import DEGRADATIONS, _pick, build_data
-        from diffusio.families.mean_reverting.sde import restore
-        from diffusio.metrics import psnr
-
-        data = dict(cfg["data"])
-        clean_cfg = {**data.get("clean", {"name": "digits"}), "split": "test"}
-        clean = build_data(clean_cfg).x[:n]
-        mu = _pick(DEGRADATIONS, data.get("degrade", "noise"), "degradation")(clean, g)
-        x, nfe = restore(model, mu, solver=solver, steps=steps, generator=g, **options)
-        scores = {"psnr": float(psnr(x, clean).mean()), "psnr_degraded": float(psnr(mu.clamp(-1, 1), clean).mean())}
-        return x, nfe, scores
+    family = _family(cfg)
+    if family.generate is not None:
+        return family.generate(model, cfg, n, solver=solver, steps=steps, seed=seed, build=builders(), **options)
     x, nfe = generate(model, tuple(cfg["data_shape"]), n, solver=solver, steps=steps, seed=seed, **options)
     return x, nfe, {}

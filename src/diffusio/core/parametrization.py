@@ -1,4 +1,5 @@
-"""One hub for the five network heads: eps, x0, v, score, velocity (principles.md, "Exact conversions").
+"""One hub for the five network heads: eps, x0, v, score, velocity (Tweedie: Efron 2011;
+v: Salimans & Ho 2022, Sec. 4; velocity: Lipman et al. 2023).
 
 Each kind defines ``to_x0`` and ``from_x0``; any pair converts through x0 (2N formulas, not N(N-1)). All
 conversions are affine in the head with coefficients that depend only on ``(x, t)`` and the path.
@@ -13,60 +14,63 @@ from collections.abc import Callable
 from torch import Tensor
 
 from diffusio.core.paths import Path
-from diffusio.core.time import broadcast
+from diffusio.core.time import batch_coeffs
 
 __all__ = ["KINDS", "check_kind", "convert", "from_x0", "to_x0"]
 
 KINDS: tuple[str, ...] = ("eps", "x0", "v", "score", "velocity")
 
 
-def _coeffs(path: Path, t: Tensor, x: Tensor, *names: str) -> list[Tensor]:
-    fns = {"a": path.alpha, "s": path.sigma, "da": path.d_alpha, "ds": path.d_sigma}
-    if t.ndim == 1 and t.shape[0] > 1 and t.stride(0) == 0:  # one time expanded over the batch (samplers):
-        t = t[:1]  # evaluate the path once; (1, 1, ...) coefficients broadcast against x
-    return [broadcast(fns[n](t), x) for n in names]
+def _as(path: Path, t: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+    c = batch_coeffs(path, t, x)
+    return c.alpha, c.sigma
+
+
+def _as_d(path: Path, t: Tensor, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    c = batch_coeffs(path, t, x, derivatives=True)
+    return c.alpha, c.sigma, c.d_alpha, c.d_sigma
 
 
 def _eps_to_x0(eps, x, t, path):
-    a, s = _coeffs(path, t, x, "a", "s")
+    a, s = _as(path, t, x)
     return (x - s * eps) / a
 
 
 def _x0_to_eps(x0, x, t, path):
-    a, s = _coeffs(path, t, x, "a", "s")
+    a, s = _as(path, t, x)
     return (x - a * x0) / s
 
 
 def _v_to_x0(v, x, t, path):
     # Salimans & Ho: v = alpha eps - sigma x0
-    a, s = _coeffs(path, t, x, "a", "s")
+    a, s = _as(path, t, x)
     return (a * x - s * v) / (a * a + s * s)
 
 
 def _x0_to_v(x0, x, t, path):
-    a, s = _coeffs(path, t, x, "a", "s")
+    a, s = _as(path, t, x)
     eps = (x - a * x0) / s
     return a * eps - s * x0
 
 
 def _score_to_x0(score, x, t, path):
-    a, s = _coeffs(path, t, x, "a", "s")
+    a, s = _as(path, t, x)
     return (x + s * s * score) / a
 
 
 def _x0_to_score(x0, x, t, path):
-    a, s = _coeffs(path, t, x, "a", "s")
+    a, s = _as(path, t, x)
     return (a * x0 - x) / (s * s)
 
 
 def _velocity_to_x0(u, x, t, path):
     # u = alpha' x0 + sigma' eps; Delta = alpha sigma' - sigma alpha' = -alpha sigma lambda' > 0
-    a, s, da, ds = _coeffs(path, t, x, "a", "s", "da", "ds")
+    a, s, da, ds = _as_d(path, t, x)
     return (ds * x - s * u) / (a * ds - s * da)
 
 
 def _x0_to_velocity(x0, x, t, path):
-    a, s, da, ds = _coeffs(path, t, x, "a", "s", "da", "ds")
+    a, s, da, ds = _as_d(path, t, x)
     return da * x0 + ds * (x - a * x0) / s
 
 

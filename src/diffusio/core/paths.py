@@ -1,4 +1,5 @@
-"""Forward processes x_t = alpha(t) x0 + sigma(t) eps (principles.md, "Notation").
+"""Forward processes x_t = alpha(t) x0 + sigma(t) eps (Kingma et al. 2021, Eq. 1; Karras et al. 2022,
+Eq. 12).
 
 A path owns its coefficients, their time derivatives, the half log-SNR lambda(t) = log(alpha/sigma) and its
 inverse. Time runs from data (``t_min``) to noise (``t_max``); ``t`` is a tensor of shape ``(batch,)`` or a
@@ -253,7 +254,7 @@ class DiscreteDDPM(VPPath):
     """A discrete DDPM table abar_n (n = 0..N-1) on continuous time t_n = (n+1)/N, lambda interpolated linearly.
 
     Default betas are DDPM's linear 1e-4..0.02 with N = 1000. ``timestep(t) = N t - 1`` gives the discrete
-    label the network was trained with (principles.md, "Pitfalls").
+    label the network was trained with (DDPM numbers steps 1..N, Ho et al. 2020; diffusers 0..N-1).
     """
 
     name = "ddpm"

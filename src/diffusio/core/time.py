@@ -17,7 +17,7 @@ from torch import Tensor
 if TYPE_CHECKING:
     from diffusio.core.paths import Path
 
-__all__ = ["Coeffs", "as_time", "broadcast", "coeffs", "time_batch"]
+__all__ = ["Coeffs", "as_time", "batch_coeffs", "broadcast", "coeffs", "time_batch"]
 
 
 def broadcast(coef: Tensor, x: Tensor) -> Tensor:
@@ -42,20 +42,46 @@ def as_time(t: Tensor | float, x: Tensor) -> Tensor:
 
 @dataclass(frozen=True)
 class Coeffs:
-    """Path quantities at one time point, as float64 scalars: alpha, sigma, lambda and their t-derivatives."""
+    """The one record of a path's quantities at a time: alpha, sigma, the half log-SNR lambda = log(alpha/sigma)
+    and the t-derivatives alpha', sigma'.
+
+    Three forms: :func:`coeffs` evaluates a grid point (every field a float64 scalar tensor; the one-step kernels),
+    :meth:`floats` turns those into Python floats (the multistep solvers' scalar arithmetic, cheaper than 0-dim
+    tensors), :func:`batch_coeffs` evaluates a ``(batch,)`` time with each field shaped to broadcast against the
+    data (the parametrization hub; fields it was not asked for are ``None``). ``t`` stays a tensor.
+    """
 
     t: Tensor
-    alpha: Tensor
-    sigma: Tensor
-    lam: Tensor
-    d_alpha: Tensor
-    d_sigma: Tensor
+    alpha: Tensor | float
+    sigma: Tensor | float
+    lam: Tensor | float | None = None
+    d_alpha: Tensor | float | None = None
+    d_sigma: Tensor | float | None = None
+
+    def floats(self) -> Coeffs:
+        """The same record with every scalar field a Python float."""
+        f = [None if v is None else float(v) for v in (self.alpha, self.sigma, self.lam, self.d_alpha, self.d_sigma)]
+        return Coeffs(self.t, *f)
 
 
-def coeffs(path: Path, t: Tensor) -> Coeffs:
-    """Evaluate the path at a scalar float64 time ``t``."""
+def coeffs(path: Path, t: Tensor | float) -> Coeffs:
+    """Evaluate the path at a scalar float64 time ``t`` (all fields)."""
     t = torch.as_tensor(t, dtype=torch.float64)
     return Coeffs(t, path.alpha(t), path.sigma(t), path.log_snr(t), path.d_alpha(t), path.d_sigma(t))
+
+
+def batch_coeffs(path: Path, t: Tensor, x: Tensor, *, derivatives: bool = False) -> Coeffs:
+    """alpha, sigma (and with ``derivatives`` alpha', sigma') at ``t`` ``(batch,)``, broadcast against ``x``.
+
+    A single time expanded over the batch (what samplers pass) is evaluated once: the coefficients are then
+    ``(1, 1, ...)`` and broadcast against ``x``.
+    """
+    if t.ndim == 1 and t.shape[0] > 1 and t.stride(0) == 0:
+        t = t[:1]
+    a, s = broadcast(path.alpha(t), x), broadcast(path.sigma(t), x)
+    if not derivatives:
+        return Coeffs(t, a, s)
+    return Coeffs(t, a, s, None, broadcast(path.d_alpha(t), x), broadcast(path.d_sigma(t), x))
 
 
 def time_batch(t: Tensor, x: Tensor) -> Tensor:

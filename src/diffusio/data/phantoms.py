@@ -1,5 +1,6 @@
 """Procedural tomography phantoms (no download): the modified Shepp-Logan head, random 2-D ellipse phantoms and
-3-D ellipsoid volumes whose axial slices are the 2-D phantoms' distribution (medical-survey.md, diffusion-mbir.md).
+3-D ellipsoid volumes whose axial slices are the 2-D phantoms' distribution (Shepp & Logan 1974; the 3-D phantoms of
+Chung et al. 2023, DiffusionMBIR).
 
 Images are ``(N, 1, size, size)`` float32 in [-1, 1] (attenuation 0..1 mapped affinely), volumes
 ``(slices, 1, size, size)`` - the slice axis first, so a volume is a batch of slices for a 2-D prior.

@@ -26,9 +26,10 @@ from torch import Tensor
 from diffusio.core.parametrization import convert
 from diffusio.core.paths import EDM
 from diffusio.core.time import as_time
+from diffusio.families.base import Family
 from diffusio.models.base import ModelBase
 
-__all__ = ["PFGMPP", "PointSetModel", "sample_chi2", "sample_kernel"]
+__all__ = ["FAMILY", "PFGMPP", "PointSetModel", "sample_chi2", "sample_kernel"]
 
 _F64 = torch.float64
 
@@ -152,3 +153,11 @@ class PointSetModel(ModelBase):
         w = torch.softmax(self.posterior_logits(x, t64), 1)
         x0 = (w @ self.atoms.reshape(self.atoms.shape[0], -1)).reshape(x.shape)
         return convert(x0, "x0", kind, x.to(_F64), t64, self.path).to(x.dtype)
+
+
+FAMILY = Family(
+    "pfgmpp",
+    "PFGM++ (Xu et al. 2023): EDM with a heavy-tailed kernel of D augmented dimensions (the Gaussian diffusion "
+    "builders on the ``pfgmpp`` path)",
+    configs=("pfgmpp.yaml",),
+)

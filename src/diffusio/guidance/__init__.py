@@ -1,6 +1,6 @@
 """Guided generation: classifier-free, classifier and reward-gradient guidance as ModelWrappers, a noise-conditional
 classifier trained by diffusio, and optimization via reward-conditioned diffusion
-(overview-guidance-optimization.md).
+(Ho & Salimans 2022; Dhariwal & Nichol 2021; Bansal et al. 2023; Yuan et al. 2023).
 
 Strength convention (all wrappers): ``scale`` w with s_w = s_uncond + w (s_cond - s_uncond); w = 1 is plain
 conditional sampling, w = 0 unconditional.

@@ -1,5 +1,5 @@
 """A noise-conditional classifier p_phi(y | x_t, t) trained by diffusio, for classifier guidance (Dhariwal & Nichol
-2021; overview-guidance-optimization.md: "classifier trained on noisy x_t, cross-entropy over t").
+2021, Sec. 4: a classifier trained on noisy x_t, cross-entropy over t).
 
 The classifier sees the VE-scaled, variance-normalised input x / (alpha sqrt(s^2 + sd^2)) and the noise feature
 ln(s)/4, s = sigma/alpha (EDM's c_in and c_noise), so one network serves every path. Training draws t uniformly in

@@ -1,5 +1,5 @@
 """Optimization via conditional diffusion: reward-directed generation from a small labelled and a large unlabelled
-set (overview-guidance-optimization.md, "Optimization via conditional diffusion"; Yuan et al. 2023).
+set (Yuan et al. 2023, "Reward-directed conditional diffusion", Alg. 1).
 
 1. fit a reward model f_hat on the labelled pairs (ridge regression);
 2. pseudo-label the unlabelled data, y_hat = f_hat(x) + nu z (nu > 0 keeps p(x | y) well defined);

@@ -1,5 +1,5 @@
-"""Guided generation as ModelWrappers that are again Models (overview-guidance-optimization.md; principles.md,
-"Guidance").
+"""Guided generation as ModelWrappers that are again Models (Ho & Salimans 2022; Dhariwal & Nichol
+2021, Alg. 1; Bansal et al. 2023).
 
 Every guidance here adds a term to the score, s_w = s + Delta, and is returned through Tweedie's formula as the x0
 prediction x0_w = x0 + (sigma^2 / alpha) Delta, so any sampler uses it unchanged. Because all heads are affine in
@@ -127,7 +127,7 @@ class ClassifierGuidance(ModelWrapper):
 
 class RewardGuidance(ModelWrapper):
     """Reward-gradient ("universal") guidance: s_w = s + eta_t grad_{x_t} r(x0_hat(x_t)), back-propagated through the
-    denoiser (overview-guidance-optimization.md, "Reward / universal guidance").
+    denoiser (Bansal et al. 2023, "Universal guidance", Eq. 5).
 
     ``reward(x0) -> (B,)`` is any differentiable reward on clean samples; ``scale`` eta_t is a float or a function
     of ``t`` ``(B,)`` returning ``(B,)`` (e.g. proportional to sigma_t^2). ``scale = 0`` is the inner model exactly.

@@ -1,9 +1,10 @@
 """Adapters to and from the peers' conventions: diffusers (integer timesteps, scheduler tables) and k-diffusion
-(``D(x, sigma)`` on the VE scale). Conventions are converted here, never inside the math (DESIGN.md, "Time").
+(``D(x, sigma)`` on the VE scale). Conventions are converted here, never inside the math.
 
 * ``from_diffusers(unet, scheduler)``: a diffusers ``UNet2DModel`` (or any ``net(x, timestep).sample`` /
   tensor-returning callable) trained with ``epsilon``, ``v_prediction`` or ``sample`` on a discrete schedule becomes a
-  Model on ``DiscreteDDPM(alphas_cumprod=...)``; the network sees the label N t - 1 (principles.md, "Pitfalls").
+  Model on ``DiscreteDDPM(alphas_cumprod=...)``; the network sees the label N t - 1 (DDPM numbers steps 1..N,
+  Ho et al. 2020; diffusers 0..N-1).
 * ``to_k_diffusion(model)``: a Model as a k-diffusion denoiser D(x, sigma) = x0(alpha x, t(sigma)), with
   x on the VE scale x/alpha and sigma the noise level sigma/alpha.
 * ``reschedule(model, path)``: the same model (the same probability-flow ODE) seen on another Gaussian path, e.g.

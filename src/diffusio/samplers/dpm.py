@@ -1,6 +1,7 @@
 """Exponential integrators in half log-SNR time: DPM-Solver, DPM-Solver++ (ODE and SDE) and iPNDM.
 
-The probability-flow ODE in lambda = log(alpha/sigma) has an exactly integrable linear part (dpm-solver-v3.md):
+The probability-flow ODE in lambda = log(alpha/sigma) has an exactly integrable linear part (Lu et al. 2022a,
+Eq. 3.4; Lu et al. 2022b, Eq. 8):
 
 * noise form  x_t = (alpha_t/alpha_s) x_s - sigma_t sum_k h phi_{k+1}(h) d_k,    d_k ~ h^k eps^(k)(lambda_s),
 * data form   x_t = (sigma_t/sigma_s) x_s + alpha_t sum_k h phi_{k+1}(-h) d_k,  d_k ~ h^k x0^(k)(lambda_s),
@@ -18,11 +19,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from diffusio.core.time import time_batch
+from diffusio.core.time import Coeffs, coeffs, time_batch
 from diffusio.core.timesteps import check_grid
 from diffusio.models.base import ModelBase
 from diffusio.samplers.base import Callback, Step, model_x0
-from diffusio.samplers.kernels import data_update, noise_update, phi
+from diffusio.samplers.kernels import data_sde_update, data_update, noise_update, phi
 
 __all__ = [
     "LOWER_ORDER_FINAL_BELOW",
@@ -42,36 +43,20 @@ __all__ = [
 # Multistep solvers lower the order of their last steps only on short runs, as diffusers' DPM-Solver++ does
 # (< 15 steps): the lower-order final steps stabilise few-step sampling, but would cap the convergence order as
 # h -> 0. Third-order multistep DPM-Solver++ uses a shorter threshold, measured on the three bench models
-# (bench/results/solvers.md): lowering the last orders helps at 4-6 steps and costs 1.5-5x in error at 8-10 steps.
+# (``diffusio bench solvers``): lowering the last orders helps at 4-6 steps and costs 1.5-5x in error at 8-10 steps.
 LOWER_ORDER_FINAL_BELOW = 15
 LOWER_ORDER_FINAL_BELOW_3M = 8
 
 
-@dataclass(frozen=True)
-class Point:
-    """A time point of the grid with its path quantities as float64 Python scalars."""
-
-    t: Tensor
-    alpha: float
-    sigma: float
-    lam: float
+def point_at_lambda(path, lam: Tensor | float) -> Coeffs:
+    """The path's coefficients (as floats) where the half log-SNR is ``lam`` (for intermediate stages)."""
+    return coeffs(path, path.t_of_log_snr(torch.as_tensor(lam, dtype=torch.float64))).floats()
 
 
-def point(path, t: Tensor | float) -> Point:
-    """Evaluate alpha, sigma, lambda at scalar time ``t``."""
-    t = torch.as_tensor(t, dtype=torch.float64)
-    return Point(t, float(path.alpha(t)), float(path.sigma(t)), float(path.log_snr(t)))
-
-
-def point_at_lambda(path, lam: float) -> Point:
-    """The point whose half log-SNR is ``lam`` (for intermediate stages)."""
-    return point(path, path.t_of_log_snr(torch.tensor(lam, dtype=torch.float64)))
-
-
-def grid_points(model: ModelBase, ts: Tensor) -> list[Point]:
-    """Validate the grid (strictly decreasing, inside the path's domain) and evaluate it."""
+def grid_points(model: ModelBase, ts: Tensor) -> list[Coeffs]:
+    """Validate the grid (strictly decreasing, inside the path's domain) and evaluate it (float coefficients)."""
     ts = check_grid(ts, model.path)
-    return [point(model.path, t) for t in ts]
+    return [coeffs(model.path, t).floats() for t in ts]
 
 
 def check_steps(ts: Tensor, need: int, solver: str, fix: str) -> None:
@@ -81,7 +66,7 @@ def check_steps(ts: Tensor, need: int, solver: str, fix: str) -> None:
         raise ValueError(f"steps must be >= {need} for {solver} (got steps={steps}); {fix}")
 
 
-def eps_call(model: ModelBase, x: Tensor, p: Point, cond: dict | None) -> Tensor:
+def eps_call(model: ModelBase, x: Tensor, p: Coeffs, cond: dict | None) -> Tensor:
     """One model call: the noise prediction at ``p``."""
     return model.predict(x, time_batch(p.t, x), "eps", **(cond or {})).to(x.dtype)
 
@@ -89,7 +74,7 @@ def eps_call(model: ModelBase, x: Tensor, p: Point, cond: dict | None) -> Tensor
 # --- singlestep DPM-Solver (noise form) and DPM-Solver++ 2S (data form) -------------------------------------------
 
 
-def _dpm_single(model, x, s: Point, t: Point, order: int, cond) -> tuple[Tensor, Tensor]:
+def _dpm_single(model, x, s: Coeffs, t: Coeffs, order: int, cond) -> tuple[Tensor, Tensor]:
     """One DPM-Solver-k step (Lu et al. 2022a, Alg. 1 for k = 2 with r1 = 1/2, Alg. 2 with r1 = 1/3, r2 = 2/3)."""
     path, h = model.path, t.lam - s.lam
     e_s = eps_call(model, x, s, cond)
@@ -112,7 +97,7 @@ def _check_order(order: int, allowed: tuple[int, ...], solver: str) -> None:
         raise ValueError(f"order must be one of {allowed} for {solver}, got {order!r}")
 
 
-def _x0_from_eps(x: Tensor, p: Point, e: Tensor) -> Tensor:
+def _x0_from_eps(x: Tensor, p: Coeffs, e: Tensor) -> Tensor:
     return (x - p.sigma * e) / p.alpha
 
 
@@ -254,7 +239,21 @@ _VARIANTS = {2: ("midpoint", "taylor"), 3: ("taylor3", "official")}
 _SECOND = ("midpoint", "taylor")
 
 
-def _dpmpp_multistep(model, x, ts, cond, callback, generator, order, variant, lower_order_final, eta, second=None):
+@dataclass(frozen=True)
+class Multistep:
+    """The options of one multistep DPM-Solver++ run: ``order`` (2 or 3), the ``variant`` of the derivative
+    estimate, ``lower_order_final`` (see :func:`final_order`), the SDE's ``eta`` (0: the ODE) and the two-point
+    formula ``second`` (None: the variant's own)."""
+
+    order: int
+    variant: str
+    lower_order_final: bool | int | str = True
+    eta: float = 0.0
+    second: str | None = None
+
+
+def _dpmpp_multistep(model, x, ts, cond, callback, generator, opts: Multistep) -> Tensor:
+    order, variant, eta, second = opts.order, opts.variant, opts.eta, opts.second
     if variant not in _VARIANTS[order]:
         raise ValueError(f"variant must be one of {_VARIANTS[order]} for order {order}, got {variant!r}")
     if second is None:  # 3M's own two-point formula: the official code's midpoint, or Taylor with taylor3
@@ -272,11 +271,13 @@ def _dpmpp_multistep(model, x, ts, cond, callback, generator, order, variant, lo
         m = model_x0(model, x, s.t, cond)
         hist = [(s.lam, m)] + hist[: order - 1]
         below = LOWER_ORDER_FINAL_BELOW_3M if order == 3 else LOWER_ORDER_FINAL_BELOW
-        p = final_order(order, i, steps, lower_order_final, below)
-        x = data_update(x, s, t, _dpmpp_derivs(hist[:p], t.lam - s.lam, variant, second), eta)
+        p = final_order(order, i, steps, opts.lower_order_final, below)
+        ds = _dpmpp_derivs(hist[:p], t.lam - s.lam, variant, second)
         if eta > 0:
             z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            x = x + t.sigma * math.sqrt(-math.expm1(-2 * eta * (t.lam - s.lam))) * z
+            x = data_sde_update(x, s, t, ds, eta, z)
+        else:
+            x = data_update(x, s, t, ds)
         if callback is not None:
             callback(Step(i, float(t.t), x, m))
     return x
@@ -296,7 +297,7 @@ def sample_dpmpp_2m(
     alpha_t expm1(-h) D; ``variant="taylor"`` uses the phi_2 term instead (same order). ``lower_order_final``: the
     last step is first order on runs of fewer than 15 steps (True, diffusers' rule), on every run ("always"), or
     never (False, k-diffusion). 1 call per step."""
-    return _dpmpp_multistep(model, x, ts, cond, callback, None, 2, variant, lower_order_final, 0.0)
+    return _dpmpp_multistep(model, x, ts, cond, callback, None, Multistep(2, variant, lower_order_final))
 
 
 def sample_dpmpp_3m(
@@ -316,13 +317,14 @@ def sample_dpmpp_3m(
     ``variant="official"`` is the coefficient of LuChengTHU/dpm-solver, diffusers and k-diffusion (phi_3), which is
     exact only for linear x0(lambda): measured global order 2 (tests/test_fast_samplers.py), but at few steps
     (h ~ 1) its half-weight second difference overshoots less, and it is the more accurate of the two on all three
-    bench models from 8 to 20 calls (bench/results/solvers.md); registered as ``dpmpp_3m_official``.
+    bench models from 8 to 20 calls (``diffusio bench solvers``); registered as ``dpmpp_3m_official``.
     ``second_order`` is the two-point formula of the warm-up and lowered final steps: "midpoint" (LuChengTHU and
     diffusers' default) or "taylor" (k-diffusion); None picks midpoint for "official", taylor for "taylor3".
     ``lower_order_final=True`` lowers the last two steps' orders (to 1 and 2) on runs of fewer than 8 steps
     (``LOWER_ORDER_FINAL_BELOW_3M``; measured), "always" on every run, False never (k-diffusion). 1 call per step.
     """
-    return _dpmpp_multistep(model, x, ts, cond, callback, None, 3, variant, lower_order_final, 0.0, second_order)
+    opts = Multistep(3, variant, lower_order_final, second=second_order)
+    return _dpmpp_multistep(model, x, ts, cond, callback, None, opts)
 
 
 def sample_dpmpp_2m_sde(
@@ -340,7 +342,7 @@ def sample_dpmpp_2m_sde(
     """SDE-DPM-Solver++(2M) (Lu et al. 2022b, Sec. 5):
     x_t = (sigma_t/sigma_s) e^{-eta h} x_s + alpha_t (1 - e^{-(1+eta)h}) D + sigma_t sqrt(1 - e^{-2 eta h}) z.
     ``eta = 1`` is the reverse SDE, ``eta = 0`` the 2M ODE solver."""
-    return _dpmpp_multistep(model, x, ts, cond, callback, generator, 2, variant, lower_order_final, eta)
+    return _dpmpp_multistep(model, x, ts, cond, callback, generator, Multistep(2, variant, lower_order_final, eta))
 
 
 def sample_dpmpp_3m_sde(
@@ -357,7 +359,7 @@ def sample_dpmpp_3m_sde(
 ) -> Tensor:
     """Third-order multistep SDE-DPM-Solver++ (the 3M extrapolation of ``sample_dpmpp_3m`` with the SDE's exactly
     integrated linear part and noise, as in ``sample_dpmpp_2m_sde``). ``eta = 0`` is the 3M ODE solver."""
-    return _dpmpp_multistep(model, x, ts, cond, callback, generator, 3, variant, lower_order_final, eta)
+    return _dpmpp_multistep(model, x, ts, cond, callback, generator, Multistep(3, variant, lower_order_final, eta))
 
 
 # --- iPNDM: the classic linear-multistep reference -----------------------------------------------------------------

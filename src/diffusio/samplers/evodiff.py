@@ -6,8 +6,8 @@ backward difference, calls the model once at the prediction, and corrects with a
 differences whose weights (eta, zeta) come from closed-form least-squares projections of the current outputs.
 
 The paper's text was not available; the step follows the official code (ShiguiLi/EVODiff,
-code_demo/edm_cifar10/samplers/evodiff.py) as reconstructed in ../shared/papers/evodiff.md. Its hand-set constants
-are the fields of :class:`EvoConstants`.
+code_demo/edm_cifar10/samplers/evodiff.py). Its hand-set constants are the fields of
+:class:`EvoConstants`.
 """
 
 from __future__ import annotations
@@ -18,16 +18,17 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from diffusio.core.time import Coeffs
 from diffusio.models.base import ModelBase
 from diffusio.samplers.base import Callback, Step, model_x0
-from diffusio.samplers.dpm import Point, check_steps, grid_points
+from diffusio.samplers.dpm import check_steps, grid_points
 
 __all__ = ["EvoConstants", "sample_evodiff"]
 
 
 @dataclass(frozen=True)
 class EvoConstants:
-    """The official code's hand-set constants (evodiff.md, "Defaults")."""
+    """The official code's hand-set constants (ShiguiLi/EVODiff, the EDM CIFAR-10 sampler)."""
 
     proj_clip: float = 2.0  # proj(a, b) = clip(<a, b>/<b, b>, -clip, clip)
     ratio_temperature: float = 0.25  # r_i = clip(sigmoid(T |c1|) r, lo r, hi r)
@@ -36,7 +37,7 @@ class EvoConstants:
     zeta_shift: float = 0.5  # zeta = sigmoid(|zeta*| - shift) (<= switch steps)
     time_weight: float = 0.5  # w_t = time_weight (1 - tn^2)
     zeta_switch_steps: int = 20  # above this many steps the zeta rule changes sign and gains a scale c
-    zeta_min: float = 1e-3  # zeta divides the correction: keep it away from 0 (evodiff.md, "Pitfalls")
+    zeta_min: float = 1e-3  # zeta divides the correction: keep it away from 0
 
 
 _REDUCE = ("batch", "sample", "sample_channel")
@@ -54,7 +55,7 @@ def _proj(a: Tensor, b: Tensor, reduce: str, clip: float) -> Tensor:
     return (num / den.clamp(min=torch.finfo(a.dtype).tiny)).clamp(-clip, clip)
 
 
-def _final_step(x_e, s: Point, t: Point, h: float, m_s, m_p, final_step: str):
+def _final_step(x_e, s: Coeffs, t: Coeffs, h: float, m_s, m_p, final_step: str):
     """Last step without a model call: plain DDIM (``"ddim"``) or the official EDM-tuned heuristic (``"official"``)."""
     if final_step == "ddim" or m_p is None:
         return x_e
@@ -92,14 +93,9 @@ def sample_evodiff(
     if final_step not in ("ddim", "official"):
         raise ValueError(f"final_step must be 'ddim' or 'official', got {final_step!r}")
     check_steps(ts, order, "evodiff", "pass more steps or order=1")
-    k = constants or EvoConstants()
     pts = grid_points(model, ts)
     steps = len(pts) - 1
-    t_sum = float(pts[0].t) + float(pts[-1].t)
-
-    def proj(a, b):
-        return _proj(a, b, reduce, k.proj_clip)
-
+    run = _Run(model, cond, constants or EvoConstants(), reduce, steps, float(pts[0].t), float(pts[-1].t))
     m_s, m_p = model_x0(model, x, pts[0].t, cond), None
     for i in range(steps):
         p, s, t = (pts[i - 1] if i > 0 else None), pts[i], pts[i + 1]
@@ -111,17 +107,35 @@ def sample_evodiff(
             x_new = x_e
             m_t = model_x0(model, x_new, t.t, cond)
         else:
-            x_new, m_t = _evo_step(model, x_e, p, s, t, h, m_s, m_p, steps, t_sum, float(pts[-1].t), k, proj, cond)
+            x_new, m_t = _evo_step(run, x_e, p, s, t, h, m_s, m_p)
         if callback is not None:
             callback(Step(i, float(t.t), x_new, m_s))
         x, m_p, m_s = x_new, m_s, m_t
     return x
 
 
-def _evo_step(model, x_e, p: Point, s: Point, t: Point, h, m_s, m_p, steps, t_sum, t_end, k: EvoConstants, proj, cond):
-    """One order-2 EVODiff step (evodiff.md, Algorithm 3a-3k); returns (x_t, m at the predicted point)."""
+@dataclass(frozen=True)
+class _Run:
+    """What every step of one EVODiff run shares: the model and its condition, the constants, the projection axes,
+    the number of steps and the grid's end times (native time; EDM: sigma)."""
+
+    model: ModelBase
+    cond: dict | None
+    k: EvoConstants
+    reduce: str
+    steps: int
+    t_start: float
+    t_end: float
+
+    def proj(self, a: Tensor, b: Tensor) -> Tensor:
+        return _proj(a, b, self.reduce, self.k.proj_clip)
+
+
+def _evo_step(run: _Run, x_e: Tensor, p: Coeffs, s: Coeffs, t: Coeffs, h: float, m_s: Tensor, m_p: Tensor):
+    """One order-2 EVODiff step (official code's order-2 update); returns (x_t, m at the predicted point)."""
+    model, cond, k, proj, steps = run.model, run.cond, run.k, run.proj, run.steps
     r = (s.lam - p.lam) / (t.lam - s.lam)
-    tn = (float(t.t) + t_end) / t_sum  # t_sum = t_start + t_end, in the path's native time (EDM: sigma)
+    tn = (float(t.t) + run.t_end) / (run.t_start + run.t_end)
     w_t = k.time_weight * (1 - tn**2)
     base = math.sqrt((t.sigma / s.sigma) / (s.sigma / p.sigma))
     c1 = (1 - w_t) * base + w_t * proj(m_s, m_p)

@@ -25,12 +25,13 @@ from torch import Tensor
 
 from diffusio.core.parametrization import from_x0
 from diffusio.core.paths import Path
-from diffusio.core.time import Coeffs, coeffs, time_batch
+from diffusio.core.time import Coeffs, broadcast, coeffs, time_batch
 from diffusio.models.base import ModelBase
 
 __all__ = [
     "ancestral_step",
     "ancestral_update",
+    "data_sde_update",
     "data_update",
     "ddim_step",
     "ddim_update",
@@ -38,6 +39,8 @@ __all__ = [
     "euler_maruyama_step",
     "euler_step",
     "heun_step",
+    "heun_update",
+    "noise_sde_update",
     "noise_update",
     "phi",
     "posterior_std",
@@ -72,14 +75,28 @@ def euler_step(
     return x + float(t_next - t) * u, x0
 
 
+def heun_update(
+    f: Callable[[Tensor, Tensor], Tensor], x: Tensor, d: Tensor, h: float | Tensor, t_next: Tensor | float
+) -> tuple[Tensor, Tensor]:
+    """Heun's corrector for dx/dt = f(x, t) (Karras et al. 2022, Alg. 1, lines 5-8; Suli & Mayers 2003, Sec. 12):
+    x + h (d + f(x + h d, t_next)) / 2 with the slope ``d = f(x, t)`` already evaluated (one call of ``f``).
+
+    ``h = t_next - t`` is a number or a per-sample ``(batch,)`` tensor (then ``t_next`` is ``(batch,)`` too), so
+    drivers with their own time convention (interpolants, flow-map targets) reuse the step. Returns
+    ``(x_next, slope)`` with ``slope = (d + d2) / 2`` the step's mean velocity.
+    """
+    hb = broadcast(h, x) if torch.is_tensor(h) and h.ndim else float(h)
+    slope = 0.5 * (d + f(x + hb * d, t_next))
+    return x + hb * slope, slope
+
+
 def heun_step(
     model: ModelBase, x: Tensor, t: Tensor | float, t_next: Tensor | float, *, cond: dict | None = None
 ) -> tuple[Tensor, Tensor]:
     """Heun's second-order step on the PF-ODE (Karras et al. 2022, Alg. 1, lines 5-8). Two calls."""
-    h = float(t_next - t)
     d, x0 = velocity(model, x, t, cond)
-    d2, _ = velocity(model, x + h * d, t_next, cond)
-    return x + 0.5 * h * (d + d2), x0
+    x_next, _ = heun_update(lambda y, s: velocity(model, y, s, cond)[0], x, d, float(t_next - t), t_next)
+    return x_next, x0
 
 
 # --- DDIM and DDPM: exact Gaussian transitions given an x0 prediction ----------------------------------------------
@@ -240,6 +257,22 @@ def data_update(x: Tensor, s, t, ds: list[Tensor], eta: float = 0.0) -> Tensor:
     for k, d in enumerate(ds):
         out = out + (float(t.alpha) * h_eta * phi(k + 1, -h_eta)) * d
     return out
+
+
+def data_sde_update(x: Tensor, s, t, ds: list[Tensor], eta: float, noise: Tensor) -> Tensor:
+    """SDE-DPM-Solver++ in data form (Lu et al. 2022b, Sec. 5; Gonzalez et al. 2023, SEEDS): :func:`data_update`
+    with the linear part e^{-(1+eta) h} plus sigma_t sqrt(1 - e^{-2 eta h}) ``noise``, the exact noise of the
+    linear SDE. ``eta = 1`` is the reverse SDE (order 1 is DDPM's ancestral step)."""
+    h = float(t.lam) - float(s.lam)
+    return data_update(x, s, t, ds, eta) + float(t.sigma) * math.sqrt(-math.expm1(-2 * eta * h)) * noise
+
+
+def noise_sde_update(x: Tensor, s, t, ds: list[Tensor], noise: Tensor) -> Tensor:
+    """SDE-DPM-Solver in noise form (Lu et al. 2022b, Sec. 5; Li et al. 2025, MRS Eq. 16): the integral of the
+    noise prediction carries twice the ODE's weight, x_t = (alpha_t/alpha_s) x_s - 2 sigma_t sum_k h phi_{k+1}(h)
+    d_k + sigma_t sqrt(e^{2h} - 1) ``noise``."""
+    h = float(t.lam) - float(s.lam)
+    return noise_update(x, s, t, [2 * d for d in ds]) + float(t.sigma) * math.sqrt(math.expm1(2 * h)) * noise
 
 
 def noise_update(x: Tensor, s, t, ds: list[Tensor]) -> Tensor:

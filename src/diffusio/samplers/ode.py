@@ -1,4 +1,5 @@
-"""Deterministic baseline samplers of the probability-flow ODE dx/dt = u(x, t) (principles.md, "Solvers")."""
+"""Deterministic baseline samplers of the probability-flow ODE dx/dt = u(x, t) (Song et al. 2021, Eq. 13;
+Karras et al. 2022, Sec. 3)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from torch import Tensor
 
 from diffusio.core.time import coeffs
 from diffusio.models.base import ModelBase
-from diffusio.samplers.base import Callback, Step
+from diffusio.samplers.base import Callback, run_kernel
 from diffusio.samplers.kernels import ddim_step, euler_step, heun_step
 
 __all__ = ["sample_ddim", "sample_euler", "sample_heun"]
@@ -19,11 +20,7 @@ def sample_euler(
     model: ModelBase, x: Tensor, ts: Tensor, *, cond: dict | None = None, callback: Callback | None = None
 ) -> Tensor:
     """Euler's method on the probability-flow ODE in the path's native time (1 call per step, order 1)."""
-    for i in range(len(ts) - 1):
-        x, x0 = euler_step(model, x, ts[i], ts[i + 1], cond=cond)
-        if callback is not None:
-            callback(Step(i, float(ts[i + 1]), x, x0))
-    return x
+    return run_kernel(euler_step, model, x, ts, callback, cond=cond)
 
 
 def sample_heun(
@@ -47,19 +44,19 @@ def sample_heun(
     """
     if churn < 0 or churn_noise < 0:
         raise ValueError("churn and churn_noise must be >= 0")
-    path, steps = model.path, len(ts) - 1
-    gamma_max = min(churn / steps, math.sqrt(2) - 1)
-    for i in range(steps):
-        t, t_next = ts[i], ts[i + 1]
+    gamma_max = min(churn / (len(ts) - 1), math.sqrt(2) - 1)
+
+    def step(model: ModelBase, x: Tensor, t: Tensor, t_next: Tensor) -> tuple[Tensor, Tensor]:
         if gamma_max > 0:
-            x, t = _churn(path, x, t, gamma_max, churn_tmin, churn_tmax, churn_noise, generator)
-        x, x0 = heun_step(model, x, t, t_next, cond=cond)
-        if callback is not None:
-            callback(Step(i, float(t_next), x, x0))
-    return x
+            x, t = _churn(
+                model.path, x, t, gamma_max, s_lo=churn_tmin, s_hi=churn_tmax, s_noise=churn_noise, generator=generator
+            )
+        return heun_step(model, x, t, t_next, cond=cond)
+
+    return run_kernel(step, model, x, ts, callback)
 
 
-def _churn(path, x, t, gamma, s_lo, s_hi, s_noise, generator):
+def _churn(path, x, t, gamma, *, s_lo, s_hi, s_noise, generator):
     """EDM's noise injection: raise the noise level s = sigma/alpha to s (1 + gamma) by adding noise."""
     c = coeffs(path, t)
     s = c.sigma / c.alpha
@@ -91,8 +88,4 @@ def sample_ddim(
     """
     if eta < 0:
         raise ValueError(f"eta must be >= 0, got {eta}")
-    for i in range(len(ts) - 1):
-        x, x0 = ddim_step(model, x, ts[i], ts[i + 1], cond=cond, eta=eta, generator=generator)
-        if callback is not None:
-            callback(Step(i, float(ts[i + 1]), x, x0))
-    return x
+    return run_kernel(ddim_step, model, x, ts, callback, cond=cond, eta=eta, generator=generator)

@@ -19,9 +19,10 @@ import math
 import torch
 from torch import Tensor
 
+from diffusio.core.time import Coeffs
 from diffusio.models.base import ModelBase
 from diffusio.samplers.base import Callback, Step, model_x0
-from diffusio.samplers.dpm import Point, check_steps, final_order, grid_points
+from diffusio.samplers.dpm import check_steps, final_order, grid_points
 from diffusio.samplers.kernels import phi
 
 __all__ = ["sample_unipc", "unipc_coefficients"]
@@ -47,7 +48,7 @@ def _combine(rho: Tensor, ds: list[Tensor]) -> Tensor | float:
     return sum(float(c) * d for c, d in zip(rho, ds)) if ds else 0.0
 
 
-def _unipc_step(x, s: Point, t: Point, hist, p, variant, corrector, model, cond):
+def _unipc_step(x, s: Coeffs, t: Coeffs, hist, p, *, variant, corrector, model, cond):
     """One UniPC step of order p; returns (x_next, m at the predicted point or None)."""
     h = t.lam - s.lam
     (l0, m0), prev = hist[0], hist[1:p]
@@ -99,7 +100,7 @@ def sample_unipc(
         hist = [(s.lam, m)] + hist[: order - 1]
         p = final_order(order, i, steps, lower_order_final)
         corrector = use_corrector and i < steps - 1
-        x_next, m_t = _unipc_step(x, s, t, hist, p, variant, corrector, model, cond)
+        x_next, m_t = _unipc_step(x, s, t, hist, p, variant=variant, corrector=corrector, model=model, cond=cond)
         if callback is not None:
             callback(Step(i, float(t.t), x_next, m))
         x = x_next

@@ -1,4 +1,5 @@
-"""Denoising losses: draw t from a density, perturb, call the model, weight (principles.md, "Algorithm" step 2).
+"""Denoising losses: draw t from a density, perturb, call the model, weight (Ho et al. 2020, Alg. 1; Karras et al.
+2022, Eq. 2).
 
 Densities, weightings and targets are values. A weighting multiplies the squared error *in the target's own
 space*; ``MinSNR`` and ``EDMWeight`` are defined on the x0 error and converted with the exact identities
@@ -131,7 +132,8 @@ class EDMWeight:
 
 # --- the loss ---------------------------------------------------------------------------------------------------
 def target_value(target: str, x0: Tensor, noise: Tensor, t: Tensor, path: Path) -> Tensor:
-    """The regression target of head ``target`` for the pair (x0, noise) at time ``t`` (principles.md)."""
+    """The regression target of head ``target`` for the pair (x0, noise) at time ``t`` (eps: Ho et al. 2020;
+    v: Salimans & Ho 2022; velocity: Lipman et al. 2023, Eq. 22)."""
     a, s = broadcast(path.alpha(t), x0), broadcast(path.sigma(t), x0)
     if target == "eps":
         return noise

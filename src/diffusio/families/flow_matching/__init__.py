@@ -24,10 +24,13 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
+from diffusio.families.base import Family
 from diffusio.models.base import ModelBase
 from diffusio.samplers import sample
+from diffusio.samplers.kernels import heun_update
 
 __all__ = [
+    "FAMILY",
     "MinibatchOT",
     "ReflowCoupling",
     "exact_assignment",
@@ -162,15 +165,23 @@ def straightness(model: ModelBase, x: Tensor, ts: Tensor) -> tuple[float, Tensor
 
     0 for straight paths (one Euler step is exact). Returns ``(S, x_end)``; ``x``: ``(B, ...)`` prior draws.
     """
+
+    def u(y: Tensor, t: Tensor) -> Tensor:
+        return model.velocity(y, t.to(x.dtype))
+
     us, x_cur = [], x
     for i in range(len(ts) - 1):
-        t0, t1 = ts[i], ts[i + 1]
-        u0 = model.velocity(x_cur, t0.to(x.dtype))
-        x_e = x_cur + float(t1 - t0) * u0
-        u1 = model.velocity(x_e, t1.to(x.dtype))
-        us.append(0.5 * (u0 + u1))
-        x_cur = x_cur + float(t1 - t0) * us[-1]
+        x_cur, slope = heun_update(u, x_cur, u(x_cur, ts[i]), float(ts[i + 1] - ts[i]), ts[i + 1])
+        us.append(slope)
     chord = (x_cur - x) / float(ts[-1] - ts[0])
     dev = torch.stack([(u - chord).flatten(1).pow(2).sum(1) for u in us])  # (steps, B)
     w = (ts[1:] - ts[:-1]).abs().to(dev) / float((ts[-1] - ts[0]).abs())
     return float((w[:, None] * dev).sum(0).mean()), x_cur
+
+
+FAMILY = Family(
+    "flow_matching",
+    "flow matching / rectified flow (Lipman et al. 2023; Liu et al. 2023): a velocity model on the linear path "
+    "with minibatch-OT or reflow couplings (the Gaussian diffusion builders; ``loss.coupling`` picks the coupling)",
+    configs=("flow_ot.yaml", "reflow.yaml"),
+)

@@ -15,13 +15,13 @@ h = lambda_t - lambda_s and the output expanded as a polynomial in lambda throug
 
 with D1 = (q0 - q1)/r (order 2) and the three-point D1, D2 of DPM-Solver++(3M) (order 3). The official code weighs
 D2 with w3 = 1; the Taylor expansion gives w3 = 2 (``taylor3=True``; see the module tests). These are DPM-Solver(++)
-and SDE-DPM-Solver(++) on the MR schedule, as the MRS brief notes; order 1 data form is DDIM, SDE order 1 data
+and SDE-DPM-Solver(++) on the MR schedule (Li et al. 2025, Sec. 4); order 1 data form is DDIM, SDE order 1 data
 form is DDPM's ancestral step (IR-SDE's "posterior" sampler).
 """
 
 from __future__ import annotations
 
-import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -30,7 +30,7 @@ from diffusio.core.time import time_batch
 from diffusio.models.base import ModelBase
 from diffusio.samplers.base import Callback, Step
 from diffusio.samplers.dpm import _dpmpp_derivs, final_order, grid_points
-from diffusio.samplers.kernels import data_update, noise_update
+from diffusio.samplers.kernels import data_sde_update, data_update, noise_sde_update, noise_update
 
 __all__ = ["FORMS", "sample_mrs", "sample_mrs_sde"]
 
@@ -51,18 +51,28 @@ def _check(order: int, allowed: tuple[int, ...], name: str) -> None:
 
 
 def _step(x: Tensor, s, t, ds: list[Tensor], head: str, stochastic: bool, generator) -> Tensor:
-    """One MRS update s -> t from the derivative estimates ``ds`` (the DPM-Solver(++) steps of ``dpm.py``)."""
-    h = t.lam - s.lam
+    """One MRS update s -> t from the derivative estimates ``ds``: the exponential-integrator kernels (ODE: data or
+    noise form; SDE: SDE-DPM-Solver++ with eta = 1 in data form, MRS Eq. 16 in noise form)."""
     if not stochastic:
         return data_update(x, s, t, ds) if head == "x0" else noise_update(x, s, t, ds)
     z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-    if head == "x0":  # SDE-DPM-Solver++ (eta = 1): exact linear part e^{-h} sigma_t/sigma_s, noise variance 1 - e^{-2h}
-        return data_update(x, s, t, ds, eta=1.0) + (t.sigma * math.sqrt(-math.expm1(-2 * h))) * z
-    # noise form: the integral of e^{-lambda} eps carries twice the ODE's weight (MRS Eq. 16)
-    return noise_update(x, s, t, [2 * d for d in ds]) + (t.sigma * math.sqrt(math.expm1(2 * h))) * z
+    return data_sde_update(x, s, t, ds, 1.0, z) if head == "x0" else noise_sde_update(x, s, t, ds, z)
 
 
-def _run(model, x, ts, cond, callback, generator, order, form, stochastic, w3, lower_order_final) -> Tensor:
+@dataclass(frozen=True)
+class _MRS:
+    """The options of one MRS run: ``order``, ``form`` (data or noise), ``stochastic`` (SDE), the D2 weight ``w3``
+    (1: official, 2: Taylor) and ``lower_order_final``."""
+
+    order: int
+    form: str
+    stochastic: bool
+    w3: float = 1.0
+    lower_order_final: bool = True
+
+
+def _run(model, x, ts, cond, callback, generator, opts: _MRS) -> Tensor:
+    order, form, stochastic, w3 = opts.order, opts.form, opts.stochastic, opts.w3
     head, pts, hist = _head(form), grid_points(model, ts), []
     steps = len(pts) - 1
     variant = "official" if w3 == 1.0 else "taylor3"
@@ -71,7 +81,7 @@ def _run(model, x, ts, cond, callback, generator, order, form, stochastic, w3, l
         q = model.predict(x, time_batch(s.t, x), head, **(cond or {})).to(x.dtype)
         hist = [(s.lam, q)] + hist[: order - 1]
         # MRS lowers the last orders on runs shorter than 10 steps (official MRSampler)
-        k = final_order(order, i, steps, bool(lower_order_final), below=10)
+        k = final_order(order, i, steps, bool(opts.lower_order_final), below=10)
         x = _step(x, s, t, _dpmpp_derivs(hist[:k], t.lam - s.lam, variant, "taylor"), head, stochastic, generator)
         if callback is not None:
             callback(Step(i, float(t.t), x, q if head == "x0" else None))
@@ -98,7 +108,7 @@ def sample_mrs(
     """
     _check(order, (1, 2, 3), "sample_mrs (ODE)")
     w3 = 2.0 if taylor3 else 1.0
-    return _run(model, x, ts, cond, callback, None, order, form, False, w3, lower_order_final)
+    return _run(model, x, ts, cond, callback, None, _MRS(order, form, False, w3, lower_order_final))
 
 
 def sample_mrs_sde(
@@ -116,4 +126,4 @@ def sample_mrs_sde(
     """MRS-SDE (Li et al. 2025, SDE updates above): exact linear part and exact noise variance, ``order`` 1 or 2;
     1 model call per step; noise only from ``generator``."""
     _check(order, (1, 2), "sample_mrs_sde")
-    return _run(model, x, ts, cond, callback, generator, order, form, True, 1.0, lower_order_final)
+    return _run(model, x, ts, cond, callback, generator, _MRS(order, form, True, 1.0, lower_order_final))

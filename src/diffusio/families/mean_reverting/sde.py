@@ -7,11 +7,11 @@ thetabar_t = int_0^t theta (Luo et al. Eq. 7-9). In the variable
 
     u = (x - mu) / lam:    u_t = alpha_t u_0 + sqrt(1 - alpha_t^2) eps,
 
-so mean-reverting diffusion *is* a variance-preserving path (MRS brief, "Notation"; Li et al. 2025, Sec. 3). This
-module gives that path (:class:`MeanReverting` and its schedules), a model wrapper that feeds the network the
-x-space state and the condition (:class:`MRModel`), a restoration data source and :func:`restore`. Every library
-sampler then runs on u: ``euler_maruyama`` is IR-SDE's reverse SDE, ``ddpm`` its posterior sampler, and ``mrs`` /
-``mrs_sde`` (``samplers/mrs.py``) are the MRS semi-analytic solvers.
+so mean-reverting diffusion *is* a variance-preserving path (Luo et al. 2023, IR-SDE, Eq. 3; Li et al. 2025,
+Sec. 3). This module gives that path (:class:`MeanReverting` and its schedules), a model wrapper that feeds the
+network the x-space state and the condition (:class:`MRModel`), a restoration data source and :func:`restore`.
+Every library sampler then runs on u: ``euler_maruyama`` is IR-SDE's reverse SDE, ``ddpm`` its posterior sampler,
+and ``mrs`` / ``mrs_sde`` (``mean_reverting/sampler.py``) are the MRS semi-analytic solvers.
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ class MeanReverting(VPPath):
 
 @dataclass(repr=False)
 class ConstantTheta(MeanReverting):
-    """Constant mean-reversion rate: thetabar = theta t on t in [0, T] (continuous time; the MRS brief's toy)."""
+    """Constant mean-reversion rate: thetabar = theta t on t in [0, T] (continuous time)."""
 
     theta_rate: float = 1.0
     max_sigma: float = 0.5
