@@ -287,6 +287,13 @@ def test_compare_grid_cells_equal_single_runs(live):
     png = urllib.request.urlopen(live.url + single["image"]).read()
     assert np.array_equal(url_pixels(done["grid"][1][1]["image"]), png_pixels(png))
     assert not np.array_equal(url_pixels(done["grid"][0][1]["image"]), png_pixels(png))
+    code, out = live.request("POST", "/api/compare", {**body, "seeds": [1], "axis": "solver", "steps": 3,
+                                                      "values": ["euler", "heun", "dpmpp_2m"]})  # fmt: skip
+    assert code == 200, out
+    by_solver = live.events(out["job"])[-1][1]
+    assert [c["nfe"] for c in by_solver["grid"][0]] == [3, 6, 3]
+    code, out = live.request("POST", "/api/compare", {**body, "axis": "solver", "values": ["euler", "rk9"]})
+    assert code == 400 and "unknown solver 'rk9'" in out["error"]
     code, out = live.request("POST", "/api/compare", {**body, "seeds": list(range(10)), "values": [1, 2, 3, 4]})
     assert code == 400 and "at most 36 cells" in out["error"]
 

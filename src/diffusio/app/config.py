@@ -110,6 +110,7 @@ def _pick(registry: dict, section: dict | str, what: str):
 
 
 def build_path(section: dict | str) -> paths.Path:
+    """The path a config section names (``{name: edm, ...}`` or just ``edm``), built with the section's arguments."""
     return _pick(PATHS, section, "path")
 
 

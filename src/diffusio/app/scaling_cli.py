@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["add_search_parser", "digits_verifier", "run_search"]
+__all__ = ["add_search_parser", "as_flow", "digits_verifier", "run_search"]
 
 VERIFIERS = ("classifier", "self", "MODULE:FUNCTION")
 
@@ -21,6 +21,17 @@ def digits_verifier(kind: str = "prob", target: int | None = None, size: int = 8
     from diffusio.scaling import ClassifierVerifier
 
     return ClassifierVerifier(get_digits_classifier(size, mode), target=target, kind=kind)
+
+
+def as_flow(model):
+    """``model`` re-scheduled to the linear (rectified-flow) path over the same noise range, sigma/alpha = s:
+    t = s / (1 + s) (``Rescheduled``), so flow-time diffusion schedules such as g = 3 t^2 apply."""
+    from diffusio.core.paths import RectifiedFlow
+    from diffusio.models.wrappers import Rescheduled
+
+    path = model.path
+    lo, hi = (float(path.noise_level(torch.tensor(t, dtype=torch.float64))) for t in (path.t_min, path.t_max))
+    return Rescheduled(model, RectifiedFlow(t_min=lo / (1 + lo), t_max=min(hi / (1 + hi), 1 - 1e-3)))
 
 
 def _opt_value(v: str):
@@ -51,6 +62,8 @@ def add_search_parser(subparsers) -> None:
     p.add_argument("--class", dest="class_", type=int, help="target class (conditions the verifier and the model)")
     p.add_argument("--unconditional-model", action="store_true",
                    help="sample with the null class; only the verifier sees --class")  # fmt: skip
+    p.add_argument("--flow", action="store_true",
+                   help="view the model as a linear flow over its noise range (smc/rbf, diffusion=square)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/search", help="output directory")
     p.add_argument("--opt", action="append", help="strategy/solver option NAME=VALUE (e.g. cos_sim=0.9), repeatable")
@@ -79,13 +92,16 @@ def _make_verifier(spec: str, model, cfg: dict):
 
 def run_search(ckpt, *, verifier: str = "classifier", strategy: str = "best_of_n", budget: int = 256, n: int = 16,
                solver: str | None = None, steps: int = 10, grid: str | None = None, class_: int | None = None,
-               unconditional_model: bool = False, seed: int = 0, out: Path | None = None, progress: bool = True,
+               unconditional_model: bool = False, flow: bool = False, seed: int = 0, out: Path | None = None,
+               progress: bool = True,
                **options) -> dict:  # fmt: skip
     """Search ``n`` outputs of the model in ``ckpt``; write PNGs + JSON to ``out``; return the JSON record."""
     from diffusio.app.config import load_model
     from diffusio.scaling import search
 
     model, cfg = load_model(ckpt)
+    if flow:
+        model = as_flow(model)
     k = cfg.get("num_classes")
     vcond = cond = None
     if class_ is not None:
@@ -133,11 +149,13 @@ def _cmd_search(args) -> int:
         if "=" not in item:
             raise SystemExit(f"--opt takes NAME=VALUE, got {item!r}")
         key, val = item.split("=", 1)
+        if key in ("budget", "steps", "grid", "solver", "strategy", "n", "seed", "verifier"):
+            raise SystemExit(f"--opt {key}=... duplicates a flag: pass --{key} {val}")
         opts[key] = _opt_value(val)
     record = run_search(args.ckpt, verifier=args.verifier, strategy=args.strategy, budget=args.budget, n=args.n,
                         solver=args.solver, steps=args.steps, grid=args.grid, class_=args.class_,
-                        unconditional_model=args.unconditional_model, seed=args.seed, out=Path(args.out),
-                        **opts)  # fmt: skip
+                        unconditional_model=args.unconditional_model, flow=args.flow, seed=args.seed,
+                        out=Path(args.out), **opts)  # fmt: skip
     keep = ("strategy", "budget", "score_mean", "nfe_mean", "verifier_calls_mean", "model_calls", "seconds", "overhead")
     print(json.dumps({k: record[k] for k in keep}, indent=2))
     return 0

@@ -103,6 +103,7 @@ def register_solver(solver: Solver) -> Solver:
 
 
 def get_solver(name: str) -> Solver:
+    """The registered :class:`Solver` called ``name``; a ValueError lists the valid names otherwise."""
     if name not in SOLVERS:
         raise ValueError(f"unknown solver {name!r}; valid: {', '.join(sorted(SOLVERS))}")
     return SOLVERS[name]

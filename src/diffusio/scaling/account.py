@@ -76,8 +76,10 @@ class Account:
     def charge(self, owner: Tensor, amount: int) -> None:
         self.nfe.index_add_(0, owner.cpu(), torch.full((owner.shape[0],), amount, dtype=torch.long))
         if not self._bar.disable:
-            self._bar.n = min(self.budget, int(self.nfe.max()))
-            self._bar.refresh()
+            n = min(self.budget, int(self.nfe.max()))
+            if n != self._bar.n:
+                self._bar.n = n
+                self._bar.refresh()
 
     def owned(self, owner: Tensor):
         """Context: model calls inside charge their rows to ``owner`` ``(rows,)``."""

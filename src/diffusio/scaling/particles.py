@@ -125,7 +125,14 @@ def make_transition(path: Path, solver: str, *, strategy: str, **opts) -> Transi
                 cache[key] = (a, sg, float(c.d_alpha), float(c.d_sigma) + 0.5 * w / sg, w)
             a, sg, da, k_eps, w = cache[key]
             eps = (x - a * x0) / sg
-            return em_update(x, da * x0 + k_eps * eps, w, float(s - t), z)
+            out = em_update(x, da * x0 + k_eps * eps, w, float(s - t), z)
+            if not torch.isfinite(out).all():
+                raise ValueError(
+                    f"the particle states became non-finite at t={key:g} (w2 = {w:.3g}): the diffusion schedule is "
+                    "too large for this path and step size; use more steps, a smaller diffusion_scale, or "
+                    "diffusion='path' (on paths whose time is not in [0, 1], e.g. EDM, 'square' grows as t^4)"
+                )
+            return out
 
         return Transition("euler_maruyama", em)
     raise ValueError(

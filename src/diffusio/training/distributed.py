@@ -39,5 +39,6 @@ def setup(device: str | None = None) -> DistInfo:
 
 
 def cleanup() -> None:
+    """Leave the process group if this process joined one (a no-op otherwise)."""
     if dist.is_initialized():
         dist.destroy_process_group()
