@@ -134,3 +134,29 @@ def test_sara_progressive_reselection_and_save_load(tmp_path):
     xx, t, _ = _inputs(base)
     with torch.no_grad():
         assert torch.allclose(back.eps(xx, t), s.eps(xx, t), atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["lora", "sara"])
+def test_train_finetune_from_a_checkpoint(tmp_path, method):
+    """``diffusio train CONFIG --finetune CKPT``: adapter/SaRA file + a merged model.safetensors that loads."""
+    from diffusio.app.cli import main
+    from diffusio.app.config import build_model, load_model
+    from diffusio.training.checkpoint import save_model_file
+
+    cfg = {"data": {"name": "toy", "dataset": "moons"}, "path": {"name": "vp_linear"},
+           "net": {"name": "mlp", "hidden": 16, "depth": 1, "time_dim": 8}}  # fmt: skip
+    model = build_model(cfg, (2,))
+    save_model_file(tmp_path / "base.safetensors", model.net.state_dict(), {**cfg, "data_shape": [2]}, 1)
+    section = {"method": "lora", "rank": 2} if method == "lora" else {"method": "sara", "fraction": 0.2}
+    import yaml
+
+    (tmp_path / "ft.yaml").write_text(yaml.safe_dump({**cfg, "finetune": section, "train": {"batch_size": 16}}))
+    out = tmp_path / "out"
+    args = ["train", str(tmp_path / "ft.yaml"), "--finetune", str(tmp_path / "base.safetensors"), "--steps", "3"]
+    assert main([*args, "--out", str(out)]) == 0
+    assert (out / ("adapter.safetensors" if method == "lora" else "sara.safetensors")).is_file()
+    _, tcfg = load_model(out / "model.safetensors")
+    assert tcfg["finetune"]["method"] == method
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({**cfg, "finetune": {"method": "lora", "target_modules": ["nope"]}}))
+    assert main(["train", str(bad), "--finetune", str(tmp_path / "base.safetensors"), "--steps", "1"]) == 2

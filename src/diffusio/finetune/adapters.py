@@ -64,9 +64,9 @@ class AdaptedModel(ModelWrapper):
     ``trainable_parameters()`` counts what fine-tuning updates.
     """
 
-    def __init__(self, inner: Model, method: str, targets: list[str], options: dict):
+    def __init__(self, inner: Model, method: str, targets: list[str], options: dict, base_keys: list[str]):
         super().__init__(inner)
-        self.method, self.targets, self.options = method, targets, options
+        self.method, self.targets, self.options, self.base_keys = method, targets, options, base_keys
 
     @property
     def net(self) -> nn.Module:
@@ -103,6 +103,20 @@ class AdaptedModel(ModelWrapper):
 
     def trainable_parameters(self) -> int:
         return sum(p.numel() for p in self.net.parameters() if p.requires_grad)
+
+    def merged_state_dict(self) -> dict:
+        """The base network's state with the adapter folded in (loads into the original architecture)."""
+        was = self.merged
+        self.merge()
+        keys = set(self.base_keys)
+        out = {}
+        for k, v in self.net.state_dict().items():
+            plain = k.replace(".base_layer", "")
+            if plain in keys:
+                out[plain] = v.detach().clone()
+        if not was:
+            self.unmerge()
+        return out
 
     def extra_repr(self) -> str:
         return f"method={self.method!r}, layers={len(self.targets)}, trainable={self.trainable_parameters()}"
@@ -158,7 +172,7 @@ def adapt(
     except ValueError as e:
         raise ValueError(f"peft could not add a {method} adapter to {targets[:4]}...: {e}") from None
     inner = Model(net, model.path, model.prediction, model.precond)
-    return AdaptedModel(inner, method, targets, opts)
+    return AdaptedModel(inner, method, targets, opts, list(model.net.state_dict()))
 
 
 def save_adapter(model: AdaptedModel, file: str | os.PathLike) -> os.PathLike:
