@@ -25,6 +25,7 @@ BENCHES = {
     "pfgmpp": "pfgmpp",
     "interpolants": "interpolants",
     "quantize": "quantize",
+    "finetune": "finetune",
 }
 
 
