@@ -26,6 +26,7 @@ BENCHES = {
     "interpolants": "interpolants",
     "quantize": "quantize",
     "finetune": "finetune",
+    "memorization": "memorization",
 }
 
 
