@@ -39,9 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None)
     p.add_argument("--dup", type=int, default=10, help="number of duplicated images")
     p.add_argument("--rep", type=int, default=50, help="copies of each duplicated image")
-    p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--trials", type=int, default=10)
-    p.add_argument("--n", type=int, default=250, help="samples per evaluation")
+    p.add_argument("--steps", type=int, default=150)
+    p.add_argument("--trials", type=int, default=8)
+    p.add_argument("--n", type=int, default=200, help="samples per evaluation")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
 
     clf = get_digits_classifier()
     x, y = load_digits(8, "pad", "train")
-    base = pretrained(x, y, 1500)
+    base = pretrained(x, y, 600)  # the bench.finetune model (cached)
     x_new, y_new = _subset(x, y, [5, 6, 7, 8, 9])
     g = torch.Generator().manual_seed(0)
     dup = torch.randperm(len(x_new), generator=g)[: args.dup]
