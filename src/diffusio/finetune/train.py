@@ -53,7 +53,9 @@ def finetune(
             opt = torch.optim.AdamW(params(), lr=lr, weight_decay=1e-2)  # the paper re-creates the optimizer state
         x0, cond = data.sample(batch_size, g)
         if label_dropout > 0 and "y" in cond:
-            null = getattr(model.net, "num_classes", None)
+            null = next((m.num_classes for m in model.net.modules() if getattr(m, "num_classes", None)), None)
+            if null is None:
+                raise ValueError("label_dropout needs a class-conditional network (num_classes set)")
             drop = torch.rand(batch_size, generator=g) < label_dropout
             cond = {**cond, "y": torch.where(drop, torch.full_like(cond["y"], null), cond["y"])}
         t, noise = loss.draw(x0, model.path, g)
