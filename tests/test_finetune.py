@@ -160,3 +160,15 @@ def test_train_finetune_from_a_checkpoint(tmp_path, method):
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({**cfg, "finetune": {"method": "lora", "target_modules": ["nope"]}}))
     assert main(["train", str(bad), "--finetune", str(tmp_path / "base.safetensors"), "--steps", "1"]) == 2
+
+
+def test_finetune_label_dropout_on_a_wrapped_class_conditional_net():
+    from diffusio.nets import FlattenNet
+
+    torch.manual_seed(0)
+    model = Model(FlattenNet(MLP(4, hidden=16, depth=1, time_dim=8, num_classes=3), (1, 2, 2)), LinearVP())
+    data = TensorSource(torch.randn(32, 1, 2, 2), torch.arange(32) % 3)
+    ad = adapt(model, "lora", rank=2)
+    assert finetune(ad, data, 2, batch_size=8, label_dropout=0.5, progress=False)["steps"] == 2
+    with pytest.raises(ValueError, match="class-conditional"):
+        finetune(_mlp_model(), TensorSource(torch.randn(8, 4), torch.zeros(8, dtype=torch.long)), 1, label_dropout=0.5)
