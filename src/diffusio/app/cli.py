@@ -25,6 +25,9 @@ BENCHES = {
     "pfgmpp": "pfgmpp",
     "interpolants": "interpolants",
     "scaling": "scaling",
+    "quantize": "quantize",
+    "finetune": "finetune",
+    "memorization": "memorization",
 }
 
 
@@ -48,6 +51,13 @@ def _cmd_train(args) -> int:
 
     cfg = resolve_config(args.config)
     out = Path(args.out or Path("runs") / Path(args.config).stem)
+    if args.finetune:
+        from diffusio.app.config import run_finetune
+
+        res = run_finetune(cfg, args.finetune, out, steps=args.steps)
+        print(f"fine-tuned ({res['method']}, {res['trainable']} trainable parameters, {res['steps']} steps, loss "
+              f"{res['loss']:.4f}); wrote {out / 'model.safetensors'}")  # fmt: skip
+        return 0
     info = setup(args.device)
     try:
         trainer = run_training(cfg, out, steps=args.steps, resume=args.resume, dist_info=info)
@@ -278,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", help="output directory (default runs/<config name>)")
     t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors")
     t.add_argument("--device", help="cpu or cuda (default: cuda if available)")
+    t.add_argument("--finetune", metavar="CKPT", help="adapt this trained model with the config's finetune: section")
     t.set_defaults(fn=_cmd_train)
 
     s = sub.add_parser("sample", help="sample a trained model")

@@ -288,3 +288,60 @@ def _check_same_model(ckpt: FsPath, run_cfg: dict) -> None:
     want = {k: v for k, v in run_cfg.items() if k in ("path", "net", "model", "data")}
     if stored != want:
         raise ValueError(f"cannot resume: {ckpt} was trained with a different config ({stored} vs {want})")
+
+
+# --- fine-tuning a trained model (diffusio train CONFIG --finetune CKPT) -----------------------------------------
+FINETUNE_METHODS = ("lora", "loha", "lokr", "oft", "sara", "full")
+
+
+def run_finetune(config: dict, ckpt: str | os.PathLike, out_dir: str | os.PathLike, *, steps: int | None = None,
+                 progress: bool = True) -> dict:  # fmt: skip
+    """Fine-tune the model in ``ckpt`` on ``config``'s data with its ``finetune:`` section.
+
+    ``finetune: {method: lora|loha|lokr|oft|sara|full, rank, alpha, target_modules, block_size, tau, fraction,
+    lambda_rank, reselect_at}``; the optimisation settings come from ``train`` (steps, lr, batch_size,
+    label_dropout, seed). Writes ``adapter.safetensors`` (peft methods) or ``sara.safetensors`` (only the trained
+    entries) and ``model.safetensors`` (merged weights with the base config, for ``diffusio sample``).
+    """
+    from diffusio import finetune as ft
+    from diffusio.training.checkpoint import save_model_file
+
+    spec = dict(config.get("finetune") or {})
+    method = spec.pop("method", "lora")
+    if method not in FINETUNE_METHODS:
+        raise ValueError(f"unknown finetune method {method!r}; valid: {', '.join(FINETUNE_METHODS)}")
+    base, base_cfg = load_model(ckpt)
+    data = build_data(config.get("data", base_cfg.get("data", {})))
+    if tuple(data.shape) != tuple(base_cfg["data_shape"]):
+        raise ValueError(f"the config's data have shape {tuple(data.shape)}, the model {tuple(base_cfg['data_shape'])}")
+    train = dict(config.get("train", {}))
+    opts = {k: train[k] for k in ("lr", "batch_size", "label_dropout", "seed") if k in train}
+    n_steps = steps or train.get("steps", 500)
+    reselect_at = spec.pop("reselect_at", None)
+    known = {"rank", "alpha", "target_modules", "block_size", "dropout"} if method not in ("sara", "full") else set()
+    known |= {"tau", "fraction", "lambda_rank", "min_rank_dim"} if method == "sara" else set()
+    unknown = sorted(set(spec) - known)
+    if unknown:
+        raise ValueError(
+            f"unknown finetune option(s) {', '.join(unknown)} for {method}; valid: {', '.join(sorted(known))}"
+        )
+    out = FsPath(out_dir)
+    if method == "sara":
+        model = ft.sara(base, **spec)
+    elif method == "full":
+        model = base
+    else:
+        model = ft.adapt(base, method, **spec)
+    result = ft.finetune(model, data, n_steps, reselect_at=reselect_at, progress=progress, **opts)
+    if method == "sara":
+        ft.save_sara(model, out / "sara.safetensors")
+        state = model.merged_state_dict()
+    elif method == "full":
+        state = base.net.state_dict()
+    else:
+        ft.save_adapter(model, out / "adapter.safetensors")
+        state = model.merged_state_dict()
+    cfg = {**base_cfg, "finetune": {"method": method, "from": str(ckpt), **spec}}
+    save_model_file(out / "model.safetensors", state, cfg, n_steps)
+    return {**result, "method": method, "trainable": sum(p.numel() for p in model.net.parameters() if p.requires_grad)
+            if method != "sara" else model.trainable_parameters()}  # fmt: skip
