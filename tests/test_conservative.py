@@ -215,3 +215,35 @@ def test_ode_sde_gap_small_for_the_exact_score_large_for_a_perturbed_one():
     bad, _, _ = ode_sde_gap(_ScaledScore(exact, 1.5, 0.2, 0.8), (2000, 2), swd, steps=100, generator=g)
     assert gap < 3 * floor
     assert bad > 3 * max(gap, floor), (gap, floor, bad)
+
+
+def test_fokker_planck_loss_penalty_zero_on_exact_score_and_trains_down():
+    from diffusio.training.regularizers import FokkerPlanckLoss
+
+    path = LinearVP()
+    mix = GaussianMixture(torch.tensor([[-1.0, 0.0], [1.0, 0.5]]), 0.4)
+    g = torch.Generator().manual_seed(0)
+    x0 = mix.sample(64, generator=g).to(F64)
+    loss = FokkerPlanckLoss(DiffusionLoss("eps"), weight=1.0, points=32)
+    t, noise = loss.draw(x0, path, g)
+    assert loss.penalty(ExactModel(mix, path), x0, t, noise) < 1e-12
+    assert loss.penalty(_ScaledScore(ExactModel(mix, path), 1.3), x0, t, noise) > 1e-3
+    torch.manual_seed(0)
+    model = Model(MLP(2, hidden=16, depth=1), path, "eps")
+    nn.init.normal_(model.net.out[-1].weight, std=0.3)
+    x0 = x0.float()
+    opt = torch.optim.Adam(model.net.parameters(), lr=3e-3)
+    pen = []
+    for _ in range(30):
+        p = loss.penalty(model, x0, t.float(), noise.float())
+        opt.zero_grad()
+        p.backward()
+        opt.step()
+        pen.append(float(p.detach()))
+    assert pen[-1] < 0.5 * pen[0]
+    assert torch.equal(
+        FokkerPlanckLoss(DiffusionLoss("eps"), 0.0)(model, x0, t, noise), DiffusionLoss("eps")(model, x0, t, noise)
+    )
+    for bad in ({"weight": -1.0}, {"weight": float("nan")}, {"points": 0}):
+        with pytest.raises(ValueError, match="fokker_planck"):
+            FokkerPlanckLoss(DiffusionLoss("eps"), **bad)

@@ -17,7 +17,6 @@ W2 distance between the two by the residual. Divergences are exact (one backward
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
@@ -27,24 +26,15 @@ from diffusio.core.paths import Path
 from diffusio.core.time import as_time, broadcast
 from diffusio.models.base import ModelBase
 from diffusio.samplers import sample
+from diffusio.training.regularizers import divergence, normalized_residual, score_fp_residual
 
-__all__ = ["divergence", "log_density_residual", "ode_sde_gap", "score_fp_residual"]
-
-
-def divergence(field: Tensor, x: Tensor, probes: int | None = None, generator: torch.Generator | None = None) -> Tensor:
-    """div of ``field`` ``(B, D)`` w.r.t. ``x`` ``(B, D)`` (graph kept): exact if ``probes`` is None, else the mean of
-    ``probes`` Rademacher estimates v^T (d field/dx) v (Hutchinson 1989)."""
-    d = x.shape[1]
-    if probes is None:
-        return sum(torch.autograd.grad(field[:, i].sum(), x, create_graph=True)[0][:, i] for i in range(d))
-    if probes < 1:
-        raise ValueError(f"probes must be >= 1 or None (exact), got {probes}")
-    total = 0
-    for _ in range(probes):
-        v = torch.randint(0, 2, x.shape, generator=generator, device=x.device).to(x.dtype) * 2 - 1
-        (vjp,) = torch.autograd.grad(field, x, v, create_graph=True)
-        total = total + (vjp * v).sum(1)
-    return total / probes
+__all__ = [
+    "divergence",
+    "log_density_residual",
+    "normalized_residual",
+    "ode_sde_gap",
+    "score_fp_residual",
+]
 
 
 def _sde(path: Path, t: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -67,41 +57,6 @@ def log_density_residual(u: Callable[[Tensor, Tensor], Tensor], path: Path, x: T
         f, g2 = f[:, 0], g2[:, 0]
         res = du_dt.to(x.dtype) + x.shape[1] * f + f * (xg * grad).sum(1) - 0.5 * g2 * (lap + (grad * grad).sum(1))
     return res
-
-
-def score_fp_residual(
-    model: ModelBase,
-    x: Tensor,
-    t: Tensor | float,
-    *,
-    cond: dict | None = None,
-    exact_below: int = 16,
-    probes: int = 4,
-    generator: torch.Generator | None = None,
-    create_graph: bool = False,
-) -> Tensor:
-    """R_s = d_t s - grad_x[-f x . s + (g^2/2)(div s + |s|^2)] ``(B, D)`` of the model's score at ``x`` ``(B, ...)``.
-
-    Exact divergence up to ``exact_below`` dimensions, else ``probes`` Hutchinson probes from ``generator``.
-    ``create_graph=True`` keeps the graph to the parameters (for a training regulariser).
-    """
-    t = as_time(t, x)
-    model.path.check_t(t)
-    batch, d = x.shape[0], math.prod(x.shape[1:])
-    n_probes = None if d <= exact_below else probes
-    with torch.enable_grad():
-        xg = x.detach().reshape(batch, d).requires_grad_(True)
-        tg = t.detach().clone().requires_grad_(True)
-        s = model.predict(xg.reshape(x.shape), tg, "score", **(cond or {})).reshape(batch, d)
-        ds_dt = torch.stack([torch.autograd.grad(s[:, i].sum(), tg, create_graph=True)[0] for i in range(d)], 1).to(
-            s.dtype
-        )
-        f, g2 = _sde(model.path, tg, s)
-        div = divergence(s, xg, n_probes, generator)
-        phi = -f[:, 0] * (xg * s).sum(1) + 0.5 * g2[:, 0] * (div + (s * s).sum(1))
-        (grad_phi,) = torch.autograd.grad(phi.sum(), xg, create_graph=True)
-        res = ds_dt - grad_phi
-    return res.reshape(x.shape) if create_graph else res.detach().reshape(x.shape)
 
 
 def ode_sde_gap(

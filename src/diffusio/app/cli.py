@@ -24,6 +24,9 @@ BENCHES = {
     "flowmap": "flowmap",
     "pfgmpp": "pfgmpp",
     "interpolants": "interpolants",
+    "fokker-planck": "fokker_planck",
+    "mup": "mup",
+    "multitask": "multitask",
 }
 
 
