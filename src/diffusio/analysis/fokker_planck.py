@@ -17,6 +17,7 @@ W2 distance between the two by the residual. Divergences are exact (one backward
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -65,6 +66,7 @@ def ode_sde_gap(
     distance: Callable[[Tensor, Tensor], float],
     *,
     steps: int = 200,
+    box: float | None = None,
     cond: dict | None = None,
     generator: torch.Generator | None = None,
 ) -> tuple[float, Tensor, Tensor]:
@@ -72,9 +74,19 @@ def ode_sde_gap(
 
     Both use Euler–Maruyama on the same grid (``eta = 0``: the probability-flow ODE's Euler method; ``eta = 1``: the
     reverse SDE), so only the injected noise differs (Deveney et al. 2023, Sec. 5). ``distance`` is e.g.
-    ``diffusio.metrics.sliced_wasserstein``.
+    ``diffusio.metrics.sliced_wasserstein``. With ``box`` the distance is taken, as in the paper's metric, between
+    the samples inside [-box, box]^D of each set, truncated to the same size (the returned samples are all of them).
     """
+    if box is not None and not (math.isfinite(box) and box > 0):
+        raise ValueError(f"box must be a finite number > 0 or None, got {box!r}")
     x = model.path.prior_sample(tuple(shape), generator=generator)
     ode = sample(model, x.clone(), solver="euler_maruyama", steps=steps, cond=cond, eta=0.0).x
     sde = sample(model, x.clone(), solver="euler_maruyama", steps=steps, cond=cond, eta=1.0, generator=generator).x
-    return float(distance(ode, sde)), ode, sde
+    a, b = ode, sde
+    if box is not None:
+        a, b = (s[s.reshape(s.shape[0], -1).abs().amax(1) <= box] for s in (ode, sde))
+        n = min(a.shape[0], b.shape[0])
+        if n < 2:
+            raise ValueError(f"fewer than 2 samples inside the box [-{box}, {box}]^D; widen box")
+        a, b = a[:n], b[:n]
+    return float(distance(a, b)), ode, sde
