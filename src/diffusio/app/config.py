@@ -74,7 +74,7 @@ DEGRADATIONS = {"noise": mrsde.add_noise, "blur": mrsde.gaussian_blur}
 A_COEFFS = {"linear": si.LinearDown, "cosine": si.CosineDown}
 B_COEFFS = {"linear": si.LinearUp, "sine": si.SineUp}
 GAMMAS = {"brownian": si.BrownianGamma, "scaled": si.ScaledGamma, "zero": si.ZeroGamma}
-FAMILIES = ("diffusion", "interpolant", "flowmap", "mean_reverting")
+FAMILIES = ("diffusion", "interpolant", "flowmap", "mean_reverting", "multitask")
 
 
 def _build_coupling(section: dict | str | None):
@@ -192,9 +192,12 @@ def build_model(config: dict, data_shape: tuple[int, ...], num_classes: int | No
     family (PFGM++ and flow matching included); the interpolant, flow-map and mean-reverting families' models."""
     family = _family(config)
     if family != "diffusion":
-        return {"interpolant": _build_si_model, "flowmap": _build_flowmap_model, "mean_reverting": _build_mr_model}[
-            family
-        ](config, data_shape, num_classes)
+        return {
+            "interpolant": _build_si_model,
+            "flowmap": _build_flowmap_model,
+            "mean_reverting": _build_mr_model,
+            "multitask": _build_mt_model,
+        }[family](config, data_shape, num_classes)
     path = build_path(config.get("path", "vp_linear"))
     net_cfg = config.get("net")
     if net_cfg is None:
@@ -218,6 +221,10 @@ def build_loss(config: dict, model):
         return si.InterpolantLoss(build_data(base) if base else None, **spec)
     if family == "flowmap":
         return _build_flowmap_loss(config, spec)
+    if family == "multitask":
+        from diffusio.families.multitask import MultiTaskLoss
+
+        return _pick({"multitask": MultiTaskLoss}, {"name": "multitask", **spec}, "multitask loss")
     target = spec.pop("target", model.prediction)
     density = _pick(DENSITIES, spec.pop("density", "uniform"), "t-density")
     weighting = _pick(WEIGHTINGS, spec.pop("weighting", "uniform"), "weighting")
@@ -275,6 +282,25 @@ def _build_mr_model(config: dict, data_shape, num_classes) -> mrsde.MRModel:
         channels = {"in_channels": 2 * data_shape[0], "out_channels": data_shape[0]}
         net = build_net({**net_cfg, **channels}, data_shape, None, seed)
     return mrsde.MRModel(net, path, config.get("model", {}).get("prediction", "x0"))
+
+
+def _build_mt_model(config: dict, data_shape, num_classes):
+    from diffusio.families.multitask import MultiTaskModel
+    from diffusio.nets.heads import image_label_net
+
+    if not num_classes:
+        raise ValueError("the multitask family needs labelled data (e.g. data: {name: digits} with labels)")
+    spec = {k: v for k, v in dict(config.get("net", {})).items() if k != "name"}
+    spec.update(in_channels=data_shape[0], image_size=data_shape[-1], num_classes=num_classes)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.get("train", {}).get("seed", 0))
+        net = _pick({"image_label": image_label_net}, {"name": "image_label", **spec}, "net")
+    m = dict(config.get("model", {}))
+    return _pick(
+        {"multitask": MultiTaskModel},
+        {"name": "multitask", "net": net, "path": build_path(config.get("path", "vp_linear")), **m},
+        "multitask model",
+    )
 
 
 def load_config(path: str | os.PathLike) -> dict:
