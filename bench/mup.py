@@ -62,7 +62,7 @@ def _run(width: int, mup: bool, lr: float, steps: int, record: bool = False) -> 
     g = torch.Generator().manual_seed(1)
     probe_x, probe_y, probe_t, _ = _heldout(model.path, 64)
     scales, trace = [], []
-    hook = net.blocks[-1].register_forward_hook(lambda m, i, o: scales.append(float(o.abs().mean())))
+    hook = net.blocks[-1].register_forward_hook(lambda m, i, o: scales.append(float(o.detach().abs().mean())))
     for _ in range(steps):
         idx = torch.randint(0, x.shape[0], (64,), generator=g)
         t, noise = loss_fn.draw(x[idx], model.path, g)
@@ -92,12 +92,12 @@ def coord_check(steps: int) -> dict:
     return out
 
 
-def lr_sweep(steps: int) -> dict:
+def lr_sweep(steps: int, widths: tuple[int, ...]) -> dict:
     out = {}
     for mup in (False, True):
         key = "mup" if mup else "sp"
         out[key] = {}
-        for w in WIDTHS:
+        for w in widths:
             out[key][w] = {k: _run(w, mup, 2.0**k, steps)[0] for k in LOG2_LRS}
             print(key, w, out[key][w], flush=True)
     return out
@@ -148,7 +148,7 @@ def _plot(payload: dict, file) -> None:
         ax.legend(fontsize=7)
     for ax, key in zip(axes[2:], ("sp", "mup")):
         sw = payload["lr_sweep"][key]
-        for w in WIDTHS:
+        for w in sw:
             ks = list(sw[w])
             ax.plot(ks, [min(sw[w][k], 2.0) for k in ks], "o-", label=f"width {w}")
         ax.set_xlabel("log2 learning rate")
@@ -180,11 +180,12 @@ def _markdown(p: dict) -> str:
             lines.append(f"| {key.upper()} | {s + 1} | {_slope([cc[w][s][0] for w in WIDTHS]):+.2f} | "
                          f"{_slope([cc[w][s][1] for w in WIDTHS]):+.2f} |")  # fmt: skip
     lines += ["", f"## Learning-rate transfer ({p['sweep_steps']} steps per run; held-out denoising loss)", "",
-              "| parametrization | " + " | ".join(f"width {w}" for w in WIDTHS) + " | spread (grid points) |",
-              "| --- |" + " ---: |" * (len(WIDTHS) + 1)]  # fmt: skip
+              "| parametrization | " + " | ".join(f"width {w}" for w in p["sweep_widths"])
+              + " | spread (grid points) |",
+              "| --- |" + " ---: |" * (len(p["sweep_widths"]) + 1)]  # fmt: skip
     for key in ("sp", "mup"):
-        best = [_best(p["lr_sweep"][key][w]) for w in WIDTHS]
-        cells = [f"2^{b} ({p['lr_sweep'][key][w][b]:.4f})" for b, w in zip(best, WIDTHS)]
+        best = [_best(p["lr_sweep"][key][w]) for w in p["sweep_widths"]]
+        cells = [f"2^{b} ({p['lr_sweep'][key][w][b]:.4f})" for b, w in zip(best, p["sweep_widths"])]
         lines.append(f"| {key.upper()} best log2 lr (loss) | " + " | ".join(cells) + f" | {max(best) - min(best)} |")
     q = p["quality"]
     lines += ["", f"## DiT vs U-Net on 8x8 digits ({p['train_steps']} steps, batch 128, EDM recipe, Heun 18 steps, "
@@ -205,14 +206,26 @@ def main(argv=None) -> int:
     ap.add_argument("--coord-steps", type=int, default=5)
     ap.add_argument("--sweep-steps", type=int, default=150)
     ap.add_argument("--train-steps", type=int, default=2000)
+    ap.add_argument("--sweep-widths", default="32,64,128,256", help="comma-separated widths of the LR sweep")
+    ap.add_argument("--log2-lrs", default="-12,-5", help="lowest,highest log2 learning rate of the sweep (step 1)")
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
+    global LOG2_LRS
+    try:
+        sweep_widths = tuple(int(w) for w in a.sweep_widths.split(","))
+        lo, hi = (int(v) for v in a.log2_lrs.split(","))
+    except ValueError:
+        ap.error("--sweep-widths takes integers like 32,64,128 and --log2-lrs two integers like -12,-5")
+    if lo > hi or any(w % BASE["head_dim"] for w in sweep_widths):
+        ap.error(f"need --log2-lrs low <= high and widths that are multiples of {BASE['head_dim']}")
+    LOG2_LRS = tuple(range(lo, hi + 1))
     for k in ("coord_steps", "sweep_steps", "train_steps"):
         if getattr(a, k) < 1:
             ap.error(f"--{k.replace('_', '-')} must be >= 1")
     payload = {"coord_steps": a.coord_steps, "sweep_steps": a.sweep_steps, "train_steps": a.train_steps,
-               "coord_check": coord_check(a.coord_steps), "lr_sweep": lr_sweep(a.sweep_steps)}  # fmt: skip
-    dit_lr = 2.0 ** _best(payload["lr_sweep"]["mup"][WIDTHS[0]])  # tuned at the base width, transferred
+               "coord_check": coord_check(a.coord_steps), "lr_sweep": lr_sweep(a.sweep_steps, sweep_widths),
+               "sweep_widths": list(sweep_widths)}  # fmt: skip
+    dit_lr = 2.0 ** _best(payload["lr_sweep"]["mup"][sweep_widths[0]])  # tuned at the base width, transferred
     payload["quality"] = quality(a.train_steps, dit_lr)
     out = results_dir(a.out)
     write_results(out, "mup", payload, _markdown(payload))
