@@ -207,7 +207,7 @@ def main(argv=None) -> int:
     ap.add_argument("--sweep-steps", type=int, default=150)
     ap.add_argument("--train-steps", type=int, default=2000)
     ap.add_argument("--sweep-widths", default="32,64,128,256", help="comma-separated widths of the LR sweep")
-    ap.add_argument("--log2-lrs", default="-12,-5", help="lowest,highest log2 learning rate of the sweep (step 1)")
+    ap.add_argument("--log2-lrs", default="-12,-5", help="lowest,highest log2 lr (step 1), e.g. --log2-lrs=-12,-5")
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
     global LOG2_LRS
