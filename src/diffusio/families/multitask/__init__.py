@@ -116,7 +116,10 @@ def sample_multitask(
     """(images ``(n, C, H, W)``, labels ``(n,)``): joint generation, or label -> image with ``labels`` given.
 
     DDIM on z (Song et al. 2021, Eq. 12) with the drift b_t estimated from the label head at every step (the paper's
-    sampler plugs decoded modalities into the aggregation); ``eta`` in [0, 1] adds DDIM's noise.
+    sampler plugs decoded modalities into the aggregation); ``eta`` in [0, 1] adds DDIM's noise. x0 is always
+    recovered with the label head's estimate (the eps head does not see the label, so its eps_hat carries the trunk's
+    own belief about b_t; subtracting the known label's b_t instead pushes x0 against that label); known labels enter
+    where z is re-noised to the next time.
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
@@ -136,7 +139,7 @@ def sample_multitask(
         probs = logits.float().softmax(-1)
         cond = labels if labels is not None else probs
         a_t, s_t, a_s, s_s = (float(f(v)) for v in (t, s) for f in (path.alpha, path.sigma))
-        x0 = (z - model.shift(tb, cond, z) - s_t * eps_hat) / a_t
+        x0 = (z - model.shift(tb, probs, z) - s_t * eps_hat) / a_t  # the trunk's own belief, consistent with eps_hat
         noise_sd = eta * s_s / s_t * math.sqrt(max(0.0, 1 - (a_t * s_s / (a_s * s_t)) ** 2))
         direction = math.sqrt(max(0.0, s_s**2 - noise_sd**2))
         z = a_s * x0 + model.shift(sb, cond, z) + direction * eps_hat
@@ -144,8 +147,8 @@ def sample_multitask(
             z = z + noise_sd * torch.randn(shape, generator=generator, dtype=dtype)
     tb = ts[-1].expand(n)
     eps_hat, logits = model.heads(z, tb)
-    cond = labels if labels is not None else logits.float().softmax(-1)
-    x0 = (z - model.shift(tb, cond, z) - float(path.sigma(ts[-1])) * eps_hat) / float(path.alpha(ts[-1]))
+    probs = logits.float().softmax(-1)
+    x0 = (z - model.shift(tb, probs, z) - float(path.sigma(ts[-1])) * eps_hat) / float(path.alpha(ts[-1]))
     return x0, labels if labels is not None else logits.argmax(-1)
 
 
