@@ -13,6 +13,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[dev,bench,ui,browser,docs]"
 	# Peers whose metadata pulls torchvision (unloadable beside a local CPU torch): no deps; their needs are in [bench].
 	$(PY) -m pip install -q --no-deps "k-diffusion==0.1.1.post1" "deepinv==0.5.0"
+	# muP for the DiT (nets/dit.py): mup's metadata pulls torchvision, pandas and seaborn, which its core never imports.
+	$(PY) -m pip install -q --no-deps "mup==1.0.0"
 	$(PY) -c "import torch; v = torch.__version__; assert v.startswith('$${TORCH_VERSION:-2.13.0}'), v"
 	touch $(STAMP)
 

@@ -28,6 +28,9 @@ BENCHES = {
     "quantize": "quantize",
     "finetune": "finetune",
     "memorization": "memorization",
+    "fokker-planck": "fokker_planck",
+    "mup": "mup",
+    "multitask": "multitask",
 }
 
 

@@ -61,11 +61,13 @@ WEIGHTINGS = {"uniform": losses.UniformWeight, "min_snr": losses.MinSNR, "edm": 
 
 def _nets() -> dict[str, Callable[..., torch.nn.Module]]:
     from diffusio.nets import MLP, FlowMapMLP, UNet
+    from diffusio.nets.dit import DiT
+    from diffusio.nets.energy import EnergyMLP
 
-    return {"mlp": MLP, "unet": UNet, "flowmap_mlp": FlowMapMLP}
+    return {"mlp": MLP, "unet": UNet, "flowmap_mlp": FlowMapMLP, "dit": DiT, "energy_mlp": EnergyMLP}
 
 
-NETS = ("mlp", "unet", "flowmap_mlp")
+NETS = ("mlp", "unet", "flowmap_mlp", "dit", "energy_mlp")
 DATA = ("toy", "digits", "images", "patches", "phantoms", "gmm", "restoration")
 
 
@@ -161,6 +163,11 @@ def build_net(section: dict, data_shape: tuple[int, ...], num_classes: int | Non
         spec.setdefault("dim", data_shape[0])
     elif name == "unet":
         spec.setdefault("in_channels", data_shape[0])
+    elif name == "energy_mlp":
+        spec.setdefault("dim", data_shape[0])
+    elif name == "dit":
+        spec.setdefault("in_channels", data_shape[0])
+        spec.setdefault("image_size", data_shape[-1])
     if spec.get("num_classes", "auto") == "auto" and name != "flowmap_mlp":
         spec["num_classes"] = num_classes
     with torch.random.fork_rng(devices=[]):

@@ -8,6 +8,7 @@ registry; ``import diffusio`` does so.
 
 from diffusio.families import flow_matching, flowmap, interpolants, mean_reverting, pfgmpp
 from diffusio.families.base import DIFFUSION, Builders, Family
+from diffusio.families.multitask.family import FAMILY as MULTITASK
 
 FAMILIES: dict[str, Family] = {
     f.name: f
@@ -18,6 +19,7 @@ FAMILIES: dict[str, Family] = {
         interpolants.FAMILY,
         mean_reverting.FAMILY,
         flowmap.FAMILY,
+        MULTITASK,
     )
 }
 

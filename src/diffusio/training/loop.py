@@ -92,7 +92,14 @@ class Trainer:
                 f"({self.dist.world_size})"
             )
         self.net: nn.Module = model.net.to(self.dist.device)
-        self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        make = getattr(self.net, "make_optimizer", None)  # nets with their own parametrization (muP: MuAdamW)
+        self.optimizer = (
+            make(lr=config.lr, weight_decay=config.weight_decay)
+            if make is not None
+            else torch.optim.AdamW(self.net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        )
+        for group in self.optimizer.param_groups:  # per-group learning-rate ratios survive the warm-up schedule
+            group.setdefault("lr_scale", group["lr"] / config.lr)
         self.ema = EMA(self.net, config.ema_decay)
         self.generator = torch.Generator().manual_seed(config.seed)
         self.step = 0
@@ -144,7 +151,7 @@ class Trainer:
         gnorm = float(nn.utils.clip_grad_norm_(self.net.parameters(), clip))
         lr = self.cfg.lr * min(1.0, (self.step + 1) / max(self.cfg.warmup, 1))
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         self.optimizer.step()
         self.ema.update(self.net)
         self.step += 1
