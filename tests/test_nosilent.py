@@ -1,0 +1,309 @@
+"""No silent failure (issue 9): singular domain ends, option validation, the finite-output guard, output shapes and
+DPM-Solver-v3 statistics that cannot be confused between models."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from diffusio.core.paths import EDM, VE, CosineVP, DiscreteDDPM, LinearVP, RectifiedFlow, Trigonometric
+from diffusio.core.timesteps import get_timesteps
+from diffusio.data import GaussianMixture
+from diffusio.models import ExactModel
+from diffusio.models.base import KDiffusionModel, Model, ModelBase, NonFiniteError
+from diffusio.samplers import SOLVERS, sample
+from diffusio.samplers.dpm_v3 import Statistics, estimate_statistics, model_fingerprint, statistics_for
+
+PATHS = [LinearVP(), CosineVP(), VE(), EDM(), RectifiedFlow(), Trigonometric(), DiscreteDDPM()]
+GMM = GaussianMixture(torch.tensor([[-1.0, 0.5], [1.0, -0.5]]), 0.3)
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("DIFFUSIO_CACHE", str(tmp_path / "cache"))
+
+
+# --- singular domain ends ----------------------------------------------------------------------------------------
+
+
+def test_singular_ends_are_declared():
+    ends = {p.name: p.singular_ends() for p in PATHS}
+    assert ends["vp_linear"] == (True, False) and ends["vp_cosine"] == (True, False)
+    assert ends["flow"] == (True, True) and ends["ve"] == (False, False) and ends["edm"] == (False, False)
+    for p in PATHS:  # the declared flag is exactly "lambda is infinite there"
+        lam = p.log_snr(torch.tensor([p.t_lo, min(p.t_hi, 1e300)], dtype=torch.float64))
+        assert ends[p.name][0] == (not math.isfinite(float(lam[0])))
+
+
+@pytest.mark.parametrize("path", [p for p in PATHS if p.singular_ends()[0]], ids=lambda p: p.name)
+def test_grids_never_reach_a_singular_data_end(path):
+    model = ExactModel(GMM, path)
+    with pytest.raises(ValueError, match="singular data end.*t_min"):
+        sample(model, shape=(4, 2), solver="heun", t_min=path.t_lo)
+    with pytest.raises(ValueError, match="singular data end"):
+        sample(model, shape=(4, 2), solver="euler", grid=torch.tensor([0.5, 0.2, path.t_lo], dtype=torch.float64))
+    for grid in ("uniform", "logsnr", "karras", "quadratic"):
+        ts = get_timesteps(path, 7, grid)
+        assert float(ts[-1]) > path.t_lo and torch.isfinite(path.log_snr(ts)).all()
+    # the documented alternative: the default t_min with denoise=True, finite
+    assert torch.isfinite(sample(model, shape=(4, 2), solver="heun", steps=6, denoise=True).x).all()
+
+
+def test_singular_noise_end_refused_for_log_snr_solvers_only():
+    path = RectifiedFlow()
+    model = ExactModel(GMM, path)
+    with pytest.raises(ValueError, match="log-SNR.*singular noise end"):
+        sample(model, shape=(4, 2), solver="dpm_solver_2", grid="uniform", t_max=1.0)
+    with pytest.raises(ValueError, match="karras.*infinite"):
+        sample(model, shape=(4, 2), solver="heun", t_max=1.0)
+    x = sample(model, shape=(64, 2), solver="heun", grid="uniform", t_max=1.0, steps=40).x  # flow matching's start
+    assert torch.isfinite(x).all()
+    ref = sample(model, x=None, shape=(64, 2), solver="adaptive", generator=torch.Generator().manual_seed(0)).x
+    assert ref.shape == x.shape
+
+
+# --- options -------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"solver": "ddim", "eta": float("nan")}, "eta=nan"),
+        ({"solver": "euler_maruyama", "eta": float("inf")}, "eta=inf"),
+        ({"solver": "dpmpp_2m_sde", "eta": float("nan")}, "eta=nan"),
+        ({"solver": "adaptive", "rtol": float("nan")}, "rtol=nan"),
+        ({"t_min": float("nan")}, "t_min"),
+        ({"t_max": float("inf")}, "t_max"),
+        ({"shape": (-1, 2)}, "shape"),
+        ({"shape": (4,)}, "shape"),
+        ({"shape": 4}, "shape"),
+        ({"generator": 0}, "generator"),
+        ({"steps": 2.5}, "steps"),
+        ({"steps": True}, "steps"),
+        ({"solver": 3}, "solver"),
+        ({"denoise": "yes"}, "denoise"),
+        ({"cond": [1]}, "cond"),
+    ],
+)
+def test_bad_options_are_refused_by_name(kw, match):
+    model = ExactModel(GMM, LinearVP())
+    kw = {"shape": (4, 2), **kw}
+    with pytest.raises((ValueError, TypeError), match=match):
+        sample(model, **kw)
+
+
+def test_x_dtypes_and_integer_types():
+    model = ExactModel(GMM, LinearVP())
+    with pytest.raises(TypeError, match="floating"):
+        sample(model, torch.ones(4, 2, dtype=torch.bool))
+    with pytest.raises(TypeError, match="floating"):
+        sample(model, torch.ones(4, 2, dtype=torch.int64))
+    x = torch.randn(16, 2, generator=torch.Generator().manual_seed(0))
+    ref = sample(model, x, solver="adaptive").x
+    for dtype in (torch.float16, torch.bfloat16):  # computed in float32, returned in the caller's dtype
+        out = sample(model, x.to(dtype), solver="adaptive")
+        assert out.x.dtype == dtype and torch.isfinite(out.x).all()
+        assert float((out.x.float() - ref).abs().max()) < 0.05
+    # numpy integers are integers
+    r = sample(model, x, solver="dpmpp_2m", steps=np.int64(6))
+    assert r.nfe == 6 and torch.isfinite(r.x).all()
+
+
+# --- the finite-output guard and output shapes -----------------------------------------------------------------
+
+
+class _Blows(ModelBase):
+    """Exact x0 except at times below ``t_bad``, where it returns inf (a stiff/broken model)."""
+
+    def __init__(self, path, t_bad):
+        super().__init__()
+        self.inner, self.path, self.t_bad = ExactModel(GMM, path), path, t_bad
+
+    def predict(self, x, t, kind="x0", **cond):
+        out = self.inner.predict(x, t, kind, **cond)
+        return torch.where((t < self.t_bad).reshape(-1, 1), torch.full_like(out, float("inf")), out)
+
+
+@pytest.mark.parametrize("solver", ["euler", "heun", "ddim", "ddpm", "dpmpp_2m", "unipc", "adaptive"])
+def test_guard_names_solver_call_and_time(solver):
+    model = _Blows(LinearVP(), 0.3)
+    with pytest.raises(NonFiniteError, match=rf"solver '{solver}' produced NaN/inf.*model call \d+.*t = 0\.\d+"):
+        sample(model, shape=(4, 2), solver=solver, steps=8, generator=torch.Generator().manual_seed(0))
+
+
+def test_guard_in_inverse_solve():
+    from diffusio.inverse import solve
+    from diffusio.inverse.operators import MatrixOperator
+
+    model = _Blows(EDM(), 20.0)  # the uniform grid of 10 steps calls the model down to t = 8
+    op = MatrixOperator(torch.tensor([[1.0, 0.0]]))
+    y = torch.zeros(3, *op.out_shape)
+    with pytest.raises(NonFiniteError, match="inverse method 'dps'"):
+        solve(model, op, y, "dps", steps=10)
+
+
+def test_wrong_output_shape_is_refused():
+    for model in (
+        Model(lambda x, t: x[:, :1], LinearVP(), "eps"),
+        KDiffusionModel(lambda x, s: x.sum(1, keepdim=True), EDM()),
+        Model(lambda x, t: x[:1], LinearVP(), "eps"),
+    ):
+        with pytest.raises(ValueError, match=r"returned shape \(\d+, 1\)|returned shape \(1, 2\)"):
+            sample(model, shape=(4, 2), solver="ddim", steps=3)
+
+
+# --- DPM-Solver-v3 statistics ----------------------------------------------------------------------------------------
+
+
+def _est():
+    return {"n_grid": 12, "progress": False, "generator": torch.Generator().manual_seed(1)}
+
+
+def _data(n=128, seed=0):
+    return GMM.sample(n, generator=torch.Generator().manual_seed(seed))
+
+
+def test_function_wrapped_models_never_share_statistics():
+    mix_b = GaussianMixture(torch.tensor([[3.0, 3.0], [-3.0, 1.0]]), 0.2)
+    ma, mb = ExactModel(GMM, EDM()), ExactModel(mix_b, EDM())
+    fa = KDiffusionModel(lambda x, s: ma.predict(x, s), EDM())
+    fb = KDiffusionModel(lambda x, s: mb.predict(x, s), EDM())
+    assert model_fingerprint(fa) is None and model_fingerprint(fb) is None
+    assert model_fingerprint(ma) != model_fingerprint(mb)
+    # bound methods of modules are fingerprinted through their module's state
+    ka, kb = KDiffusionModel(ma.forward, EDM()), KDiffusionModel(mb.forward, EDM())
+    assert None not in (model_fingerprint(ka), model_fingerprint(kb)) and model_fingerprint(ka) != model_fingerprint(kb)
+    with pytest.warns(UserWarning, match="not cached"):
+        sa = statistics_for(fa, _data(), **_est())
+    with pytest.raises(ValueError, match="no fingerprint"):
+        sample(fb, shape=(4, 2), solver="dpm_v3", steps=6)  # nothing is looked up for a plain function
+    sa_key = statistics_for(fa, _data(), **_est(), cache_key="model-a")
+    sb_key = statistics_for(
+        fb,
+        mix_b.sample(128, generator=torch.Generator().manual_seed(0)),
+        **_est(),
+        cache_key="model-b",
+    )
+    assert not torch.allclose(sa_key.b, sb_key.b)
+    assert torch.allclose(sa.l, sa_key.l)
+    # statistics of another model are refused when both are fingerprinted
+    sa_m = statistics_for(ma, _data(), **_est())
+    with pytest.raises(ValueError, match="belong to another model"):
+        sample(mb, shape=(4, 2), solver="dpm_v3", steps=6, statistics=sa_m)
+    with pytest.raises(ValueError, match="estimated on path"):
+        sample(ExactModel(GMM, LinearVP()), shape=(4, 2), solver="dpm_v3", steps=6, statistics=sa_m)
+    # and the cached file is found again for the right model only
+    again = statistics_for(ma, _data(), **_est())
+    assert torch.equal(again.s, sa_m.s) and again.meta["fingerprint"] == model_fingerprint(ma)
+
+
+def test_fingerprint_sees_every_submodule_and_buffer():
+    net = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Sequential(torch.nn.Tanh(), torch.nn.Linear(8, 2)))
+    m1 = Model(_TimeNet(net), LinearVP())
+    fp1 = model_fingerprint(m1)
+    with torch.no_grad():
+        net[1][1].bias[0] += 1e-6
+    assert model_fingerprint(m1) != fp1
+    m1.net.register_buffer("scale", torch.ones(1), persistent=False)
+    fp2 = model_fingerprint(m1)
+    m1.net.scale += 1
+    assert model_fingerprint(m1) != fp2
+    assert model_fingerprint(Model(m1.net, LinearVP(), "x0")) != model_fingerprint(m1)  # the head counts
+
+
+class _TimeNet(torch.nn.Module):
+    def __init__(self, body, cast=False):
+        super().__init__()
+        self.body, self.cast = body, cast
+
+    def forward(self, x, t):
+        if self.cast:  # a network that reads its time as a Python float: no derivative through t
+            tt = torch.full_like(x[:, :1], float(t[0]))
+        else:
+            tt = t[:, None].to(x.dtype)
+        return self.body(x) * (2 + torch.sin(20 * tt))
+
+
+class _SqDist(torch.autograd.Function):
+    """Squared distances with a backward but no forward-mode rule (like many custom kernels)."""
+
+    @staticmethod
+    def forward(ctx, x, m):
+        ctx.save_for_backward(x, m)
+        return ((x[:, None, :] - m[:, None, :].transpose(0, 1)) ** 2).sum(-1)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, m = ctx.saved_tensors
+        d = x[:, None, :] - m[:, None, :].transpose(0, 1)
+        return 2 * (g[..., None] * d).sum(1), -2 * (g[..., None] * d).sum(0)
+
+
+class _Cdist(ModelBase):
+    """Exact x0 of a mixture, written with an op that has no forward-mode AD."""
+
+    def __init__(self, path):
+        super().__init__()
+        self.path = path
+
+    def predict(self, x, t, kind="x0", **cond):
+        from diffusio.core.parametrization import convert
+
+        a, s = self.path.alpha(t)[:, None], self.path.sigma(t)[:, None]
+        means = GMM.means.to(x)
+        v = a**2 * 0.09 + s**2
+        logits = -_SqDist.apply(x / a, means) * a**2 / (2 * v)
+        w = torch.softmax(logits, 1)
+        mu = w @ means
+        x0 = mu + a * 0.09 / v * (x - a * mu)
+        return convert(x0, "x0", kind, x, t, self.path)
+
+
+def test_statistics_without_forward_ad_fall_back_to_finite_differences():
+    path = LinearVP()
+    exact = ExactModel(GMM, path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = estimate_statistics(exact, _data(), **_est(), derivative="fd")
+        jvp = estimate_statistics(exact, _data(), **_est())
+    assert jvp.meta["derivative"] == "jvp"
+    assert float((ref.s - jvp.s).abs().max()) < 1e-4 * (1 + float(jvp.s.abs().max()))
+    with pytest.warns(UserWarning, match="finite difference"):
+        cd = estimate_statistics(_Cdist(path), _data(), **_est())
+    assert cd.meta["derivative"] == "fd"
+    assert float((cd.s - ref.s).abs().max()) < 1e-3 * (1 + float(ref.s.abs().max()))
+    # a time input cast to a Python float: the JVP silently misses d/dt; the check catches it
+    net = _TimeNet(torch.nn.Linear(2, 2).double(), cast=True)
+    with pytest.warns(UserWarning, match="disagrees"):
+        st = estimate_statistics(Model(net, path), _data(), **_est())
+    assert st.meta["derivative"] == "fd"
+
+
+def test_dpm_v3_statistics_types():
+    model = ExactModel(GMM, LinearVP())
+    with pytest.raises(TypeError, match="Statistics"):
+        sample(model, shape=(4, 2), solver="dpm_v3", steps=6, statistics={"l": 1})
+    st = Statistics.trivial(LinearVP(), (3,))
+    with pytest.raises(ValueError, match="dimensions"):
+        sample(model, shape=(4, 2), solver="dpm_v3", steps=6, statistics=st)
+
+
+def test_every_solver_default_finite_float32():
+    """Every registered solver on every built-in path at its defaults in float32: finite or a clear refusal."""
+    for path in PATHS:
+        model = ExactModel(GMM, path)
+        for name, spec in SOLVERS.items():
+            if name in ("adaptive",):
+                continue
+            opts = {"statistics": Statistics.trivial(path, (2,), n_grid=200)} if "statistics" in spec.needs else {}
+            x = path.prior_sample((8, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float32)
+            try:
+                out = sample(model, x, solver=name, steps=max(5, spec.min_steps), **opts).x
+            except (ValueError, TypeError) as e:
+                assert len(str(e)) > 20 and "\n" not in str(e).strip()
+                continue
+            assert torch.isfinite(out).all(), (path.name, name)
