@@ -307,3 +307,128 @@ def test_every_solver_default_finite_float32():
                 assert len(str(e)) > 20 and "\n" not in str(e).strip()
                 continue
             assert torch.isfinite(out).all(), (path.name, name)
+
+
+# --- strict configs and the CLI boundary ---------------------------------------------------------------------------
+
+
+def _moons():
+    from diffusio.app.resources import packaged_config
+
+    return packaged_config("moons")
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        (lambda c: c.update(trainn=c.pop("train")), r"unknown key 'trainn'.*did you mean 'train'"),
+        (lambda c: c["train"].update(lr="abc"), r"train.lr must be float, got 'abc'"),
+        (lambda c: c["train"].update(seed=1.5), r"train.seed must be int, got 1.5"),
+        (lambda c: c.update(train=None), r"section train must be a mapping"),
+        (lambda c: c["train"].update(lr=float("inf")), r"train.lr must be a finite number"),
+        (lambda c: c["train"].update(grad_clip=float("nan")), r"train.grad_clip must be a finite number"),
+        (lambda c: c["data"].update(datset="moons"), r"unknown key 'datset'.*did you mean 'dataset'"),
+        (lambda c: c["net"].update(hiden=3), r"unknown key 'hiden'.*did you mean 'hidden'"),
+        (lambda c: c["path"].update(name="flw"), r"unknown path name 'flw'.*did you mean 'flow'"),
+        (lambda c: c["sample"].update(steps=0), r"sample.steps must be >= 1"),
+    ],
+)
+def test_config_schema_refuses_one_wrong_field(edit, match):
+    from diffusio.app.config import check_config
+    from diffusio.app.schema import ConfigError
+
+    cfg = _moons()
+    edit(cfg)
+    with pytest.raises(ConfigError, match=match):
+        check_config(cfg)
+
+
+def test_bundled_configs_pass_the_schema():
+    from diffusio.app.config import check_config
+    from diffusio.app.resources import packaged_config, packaged_configs
+
+    for name in packaged_configs():
+        check_config(packaged_config(name))
+
+
+TINY = {
+    "data": {"name": "toy", "dataset": "rings"},
+    "path": {"name": "vp_linear"},
+    "net": {"name": "mlp", "hidden": 16, "depth": 1, "time_dim": 8},
+    "model": {"prediction": "eps"},
+    "loss": {"target": "eps"},
+    "train": {"steps": 4, "batch_size": 16, "log_every": 3, "ckpt_every": 2, "progress": False},
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    import yaml
+
+    from diffusio.app.cli import main
+
+    root = tmp_path_factory.mktemp("run")
+    (root / "tiny.yaml").write_text(yaml.safe_dump(TINY))
+    assert main(["train", str(root / "tiny.yaml"), "--out", str(root / "run")]) == 0
+    return root
+
+
+def test_cli_errors_are_one_line(tiny_run, capsys, monkeypatch):
+    import json as _json
+
+    from diffusio.app.cli import main
+    from diffusio.io import load_safetensors, save_safetensors
+
+    model = str(tiny_run / "run" / "model.safetensors")
+    out = str(tiny_run / "s.npz")
+    cases = [
+        (["sample", model, "--device", "bogus"], "is not a device"),
+        (["sample", model, "--out", str(tiny_run / "tiny.yaml" / "x.npz")], "is a file, not a directory"),
+        (["sample", model, "--opt", "eta=nan", "--solver", "ddim", "--out", out, "--n", "4"], "eta=nan"),
+        (["eval", str(tiny_run / "tiny.yaml")], "sample files are .npz"),
+    ]
+    if not torch.cuda.is_available():
+        cases.append((["sample", model, "--device", "cuda"], "CUDA is not available"))
+    bad = tiny_run / "trunc.safetensors"
+    bad.write_bytes(open(model, "rb").read()[:100])
+    cases.append((["sample", str(bad)], "truncated or not a safetensors file"))
+    t, meta = load_safetensors(model)
+    meta["config"]["net"]["hidden"] = 300000  # a crafted config: refused before anything is allocated
+    big = tiny_run / "big.safetensors"
+    save_safetensors(t, big, meta)
+    cases.append((["sample", str(big)], "has shape .* but the config's architecture needs"))
+    yml = tiny_run / "tag.yaml"
+    yml.write_text('x: !!python/object/apply:os.system ["echo hi"]\n')
+    cases.append((["train", str(yml)], "not valid YAML"))
+    yml2 = tiny_run / "alias.yaml"
+    yml2.write_text("a: &a [1, 2]\nb: *a\n")
+    cases.append((["train", str(yml2)], "aliases"))
+    npz = tiny_run / "bad.npz"
+    np.savez(npz, samples=np.zeros((4, 2)), meta=np.array(_json.dumps({"data": {"name": "toy", "datset": "m"}})))
+    cases.append((["eval", str(npz)], "unknown key 'datset'"))
+    for argv, match in cases:
+        capsys.readouterr()
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        line = err.split("\n")[-1].split("\r")[-1]  # after any progress bar: exactly one error line
+        assert "Traceback" not in err and err.count("error:") == 1 and line.startswith(f"diffusio {argv[0]}: error:")
+        err = line
+        import re
+
+        assert re.search(match, err), (match, err)
+    with pytest.raises(ValueError, match="is not a device"):
+        main(["--debug", "sample", model, "--device", "bogus"])
+
+
+def test_cli_opt_types_and_dpm_v3(tiny_run, capsys):
+    from diffusio.app.cli import _opt_value, main
+
+    assert _opt_value("2") == 2 and isinstance(_opt_value("2"), int) and _opt_value("0.5") == 0.5
+    assert _opt_value("true") is True and _opt_value("always") == "always"
+    model = str(tiny_run / "run" / "model.safetensors")
+    out = tiny_run / "v3.npz"
+    argv = ["sample", model, "--solver", "dpm_v3", "--steps", "5", "--n", "20", "--out", str(out)]
+    assert main([*argv, "--opt", "lower_order_final=2"]) == 0
+    with np.load(out) as z:
+        assert z["samples"].shape == (20, 2) and np.isfinite(z["samples"]).all()
+    assert main(argv) == 0  # the second run loads the cached statistics
