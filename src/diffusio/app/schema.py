@@ -31,13 +31,13 @@ def suggest(key: str, valid) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
-def check_keys(where: str, section: Mapping, valid) -> None:
+def check_keys(where: str, section: Mapping, valid, what: str = "option") -> None:
     """Refuse keys outside ``valid`` with the closest valid one."""
     valid = sorted(valid)
     for key in section:
         if key not in valid:
             raise ConfigError(
-                f"unknown key {key!r} in {where}{suggest(key, valid)} (valid: {', '.join(valid) or 'none'})"
+                f"unknown {where} {what} {key!r}{suggest(key, valid)} (valid: {', '.join(valid) or 'none'})"
             )
 
 
@@ -127,7 +127,7 @@ def _named(where: str, section, registry: Mapping | typing.Sequence, *, default:
     name = spec.pop("name", default)
     if name not in registry:
         valid = list(registry)
-        raise ConfigError(f"unknown {where} name {name!r}{suggest(name, valid)} (valid: {', '.join(map(str, valid))})")
+        raise ConfigError(f"unknown {where} {name!r}; valid: {', '.join(map(str, valid))}{suggest(name, valid)}")
     return name, spec
 
 
@@ -135,7 +135,7 @@ def validate_config(cfg, schema: Mapping[str, Callable[[str, object, dict], None
     """Check a whole run config against ``schema`` (section -> checker); returns it unchanged."""
     if not isinstance(cfg, Mapping):
         raise ConfigError(f"the {where} must be a mapping of sections ({', '.join(schema)}), got {cfg!r}")
-    check_keys(f"the {where} (sections)", cfg, schema)
+    check_keys(where, cfg, schema, "section")
     for key, value in cfg.items():
         _finite_walk(key, value)
     for key, value in cfg.items():
