@@ -432,3 +432,50 @@ def test_cli_opt_types_and_dpm_v3(tiny_run, capsys):
     with np.load(out) as z:
         assert z["samples"].shape == (20, 2) and np.isfinite(z["samples"]).all()
     assert main(argv) == 0  # the second run loads the cached statistics
+
+
+# --- housekeeping ----------------------------------------------------------------------------------------------------
+
+
+def test_resume_housekeeping(tmp_path, monkeypatch):
+    import json as _json
+
+    from diffusio.app.config import load_model, run_training
+    from diffusio.io import read_safetensors_header
+    from diffusio.training.checkpoint import save_model_file
+
+    cfg = {**TINY, "train": {**TINY["train"], "steps": 8, "log_every": 3, "ckpt_every": 4}}
+    full = tmp_path / "full"
+    run_training(cfg, full, progress=False)
+    part = tmp_path / "part"
+    from diffusio.training import Trainer
+
+    real_step = Trainer.train_step
+
+    def dying_step(self):  # killed during step 6, after the checkpoint at 4 (not a multiple of log_every = 3)
+        if self.step == 5:
+            raise KeyboardInterrupt
+        return real_step(self)
+
+    monkeypatch.setattr(Trainer, "train_step", dying_step)
+    with pytest.raises(KeyboardInterrupt):
+        run_training(cfg, part, progress=False)
+    monkeypatch.setattr(Trainer, "train_step", real_step)
+    (part / ".checkpoint.safetensors.abc.tmp").write_bytes(b"x" * 100)  # a killed save's leftover
+    with open(part / "metrics.jsonl", "a") as f:
+        f.write('{"step": 6, "loss": 0.')  # a torn last line
+    ck = _json.loads(read_safetensors_header(part / "checkpoint.safetensors")["__metadata__"]["config"])
+    save_model_file(part / "model.safetensors", {}, ck, 0)  # a model file lagging the checkpoint
+    m_lag, _ = load_model(part / "model.safetensors")  # the reader takes the checkpoint's EMA instead
+    m_ck, _ = load_model(part / "checkpoint.safetensors")
+    assert all(torch.equal(a, b) for a, b in zip(m_lag.state_dict().values(), m_ck.state_dict().values()))
+    run_training(cfg, part, resume=True, progress=False)
+    assert not list(part.glob(".*.tmp"))
+
+    def log(d):
+        return [{k: v for k, v in _json.loads(ln).items() if k != "time"} for ln in (d / "metrics.jsonl").open()]
+
+    assert log(part) == log(full) and [r["step"] for r in log(full)] == [3, 6, 8]
+    a, _ = load_model(full / "model.safetensors")
+    b, _ = load_model(part / "model.safetensors")
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))

@@ -38,6 +38,19 @@ def _atomic_write(path: str | os.PathLike, write) -> Path:
     return path
 
 
+def remove_stale_temp(directory: str | os.PathLike) -> list[Path]:
+    """Delete temporary files left in ``directory`` by an atomic write that was killed (``.NAME.*.tmp``).
+
+    Call it when a writer starts (not while another process may be writing to the same directory)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    stale = [p for p in directory.glob(".*.tmp") if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
 def save_safetensors(
     tensors: Mapping[str, torch.Tensor], path: str | os.PathLike, metadata: Mapping[str, Any] | None = None
 ) -> Path:
@@ -113,6 +126,16 @@ def read_safetensors_header(path: str | os.PathLike, max_bytes: int = MAX_HEADER
         ):
             raise ValueError(f"{path}: tensor {name!r} has an invalid entry in the header (truncated or crafted file)")
     return header
+
+
+def save_text(text: str, path: str | os.PathLike) -> Path:
+    """Write text atomically."""
+
+    def write(tmp):
+        with open(tmp, "w") as f:
+            f.write(text)
+
+    return _atomic_write(path, write)
 
 
 def save_json(obj: Any, path: str | os.PathLike) -> Path:

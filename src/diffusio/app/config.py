@@ -434,7 +434,16 @@ def load_config(path: str | os.PathLike) -> dict:
 
 
 def load_model(file: str | os.PathLike, device: str | torch.device = "cpu", ema: bool = True) -> tuple[Model, dict]:
-    """Rebuild a trained Model from ``model.safetensors`` (EMA weights) or ``checkpoint.safetensors``."""
+    """Rebuild a trained Model from ``model.safetensors`` (EMA weights) or ``checkpoint.safetensors``.
+
+    A ``model.safetensors`` older than the ``checkpoint.safetensors`` beside it (a save killed between the two
+    writes) is never used: the checkpoint's EMA weights are read instead."""
+    from diffusio.training.loop import _file_step
+
+    sibling = FsPath(file).with_name("checkpoint.safetensors")
+    if ema and FsPath(file).name == "model.safetensors" and sibling.is_file():
+        if _file_step(sibling) != _file_step(FsPath(file)):
+            file = sibling
     tensors, meta = load_safetensors(file, device=device)
     cfg = meta.get("config")
     if not isinstance(cfg, dict):
