@@ -138,6 +138,8 @@ def solve(model: ModelBase, operator: Operator, y: Tensor, method: str = "dps", 
         raise TypeError(f"operator must be a diffusio.inverse Operator; got {type(operator).__name__}")
     if spec.linear_only and not operator.linear:
         raise ValueError(f"method {method!r} needs a linear operator; use 'dps' or 'reddiff' for {operator!r}")
+    if not torch.is_tensor(y) or not y.is_floating_point():
+        raise TypeError(f"y must be a floating-point tensor of measurements, got {getattr(y, 'dtype', type(y))}")
     operator.check_y(y)
     # the finite-output guard: NaN/inf in a state handed to the model, the model's answer or the result is an error
     counted = CheckedModel(model, f"inverse method {method!r}", None, options)

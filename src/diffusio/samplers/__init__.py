@@ -97,6 +97,7 @@ class Solver:
 
 
 SOLVERS: dict[str, Solver] = {}
+MAX_STEPS = 100_000  # a larger request is refused (a typo such as 10**7 would run for hours)
 
 
 def register_solver(solver: Solver) -> Solver:
@@ -283,6 +284,8 @@ def sample(
         lower = "; pass more steps or a lower-order solver (e.g. 'ddim', 1 call per step)" if spec.min_steps > 1 else ""
         raise ValueError(f"steps must be an integer >= {spec.min_steps} for solver {solver!r}, got {steps!r}{lower}")
     steps = int(steps)
+    if steps > MAX_STEPS:
+        raise ValueError(f"steps={steps} is beyond {MAX_STEPS} (hours of model calls); pass fewer steps")
     _check_options(spec, options)
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
