@@ -98,8 +98,9 @@ GRIDS: dict[str, Callable[..., Tensor]] = {
 }
 
 
-def check_grid(ts: Tensor, path: Path | None = None) -> Tensor:
-    """Validate a user grid: 1-D, at least two points, strictly decreasing, inside the path's domain."""
+def check_grid(ts: Tensor, path: Path | None = None, *, singular_data_end: bool = True) -> Tensor:
+    """Validate a user grid: 1-D, at least two points, strictly decreasing, inside the path's domain; with
+    ``singular_data_end=False`` also away from a singular data end (``Path.check_t(..., grid=True)``)."""
     ts = torch.as_tensor(ts, dtype=torch.float64)
     if ts.ndim != 1 or ts.numel() < 2:
         raise ValueError(f"a time grid must be 1-D with at least 2 points; got shape {tuple(ts.shape)}")
@@ -113,7 +114,7 @@ def check_grid(ts: Tensor, path: Path | None = None) -> Tensor:
             "(data), e.g. a named grid (grid='logsnr') or torch.sort(ts, descending=True).values without repeats"
         )
     if path is not None:
-        path.check_t(ts, "the time grid", grid=True)
+        path.check_t(ts, "the time grid", grid=singular_data_end is False)
     return ts
 
 

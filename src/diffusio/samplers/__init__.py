@@ -17,7 +17,7 @@ from functools import partial
 import torch
 from torch import Tensor
 
-from diffusio.core.timesteps import get_timesteps
+from diffusio.core.timesteps import check_grid, get_timesteps
 from diffusio.models.base import CheckedModel, ModelBase, NonFiniteError
 from diffusio.samplers.adaptive import odeint, sample_adaptive
 from diffusio.samplers.base import Callback, Step
@@ -83,6 +83,7 @@ class Solver:
     extra_calls: int = 0  # calls outside the per-step count (e.g. a warm-up)
     needs: tuple[str, ...] = ()  # options without a usable default that a caller must supply (e.g. "statistics")
     log_snr: bool = False  # steps in log-SNR (or sigma/alpha): needs a finite lambda at every grid point
+    data_end_ok: bool = True  # may a tensor grid end on a singular data end (a flow map jumps to t = 0)?
 
     def nfe(self, steps: int) -> int | None:
         """Model calls for ``steps`` steps (None for adaptive solvers)."""
@@ -225,8 +226,9 @@ for _s in (
     ),
     Solver("ipndm", sample_ipndm, 4, 1, min_steps=4, summary="iPNDM: variable-step Adams-Bashforth-4 in sigma/alpha"),
 ):
-    if _s.name in _LOG_SNR:
-        _s = dataclasses.replace(_s, log_snr=True)
+    # the built-in solvers divide by sigma at the last grid point: a tensor grid ending at a singular data end is
+    # refused for them (named grids never go there)
+    _s = dataclasses.replace(_s, log_snr=_s.name in _LOG_SNR, data_end_ok=False)
     register_solver(_s)
 
 
@@ -303,7 +305,7 @@ def sample(
     else:
         if t_min is not None or t_max is not None:
             raise ValueError("t_min/t_max apply to named grids; a tensor grid already fixes its end points")
-        ts = get_timesteps(path, steps, grid)
+        ts = check_grid(grid, path, singular_data_end=spec.data_end_ok)
     if spec.log_snr and not torch.isfinite(path.log_snr(ts)).all():
         raise ValueError(
             f"solver {solver!r} steps in log-SNR, which is infinite at t = {float(ts[0]):g} (the singular noise end "
