@@ -38,6 +38,19 @@ def _atomic_write(path: str | os.PathLike, write) -> Path:
     return path
 
 
+def remove_stale_temp(directory: str | os.PathLike) -> list[Path]:
+    """Delete temporary files left in ``directory`` by an atomic write that was killed (``.NAME.*.tmp``).
+
+    Call it when a writer starts (not while another process may be writing to the same directory)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    stale = [p for p in directory.glob(".*.tmp") if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
 def save_safetensors(
     tensors: Mapping[str, torch.Tensor], path: str | os.PathLike, metadata: Mapping[str, Any] | None = None
 ) -> Path:
@@ -54,6 +67,7 @@ def load_safetensors(path: str | os.PathLike, device: str | torch.device = "cpu"
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such checkpoint file: {path}")
+    read_safetensors_header(path)  # size-limited, checked header before the library touches the file
     with safe_open(str(path), framework="pt") as f:
         raw = f.metadata() or {}
     meta = {}
@@ -63,6 +77,65 @@ def load_safetensors(path: str | os.PathLike, device: str | torch.device = "cpu"
         except (json.JSONDecodeError, TypeError):
             meta[k] = v
     return load_file(str(path), device=str(device)), meta
+
+
+MAX_HEADER_BYTES = 16 << 20  # a header (tensor table + metadata) larger than this is refused
+
+
+def read_safetensors_header(path: str | os.PathLike, max_bytes: int = MAX_HEADER_BYTES) -> dict:
+    """Parse a safetensors header with a size limit and check every tensor's byte range lies inside the file.
+
+    Returns ``{name: {"dtype", "shape", "data_offsets"}, "__metadata__": {...}}``; raises ``ValueError`` naming
+    the problem (empty, truncated, garbage, oversized header, tensors outside the file)."""
+    import struct
+
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise ValueError(f"{path} is not a safetensors file (only {size} bytes)")
+        (n,) = struct.unpack("<Q", head)
+        if n > min(max_bytes, size - 8):
+            raise ValueError(
+                f"{path} is not a valid safetensors file: its header claims {n} bytes "
+                f"(file {size} bytes, limit {max_bytes}); the file is truncated or not a safetensors file"
+            )
+        raw = f.read(n)
+    try:
+        header = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not a valid safetensors file (unreadable header: {e})") from e
+    if not isinstance(header, dict):
+        raise ValueError(f"{path} is not a valid safetensors file (the header is not a table)")
+    data = size - 8 - n
+    for name, info in header.items():
+        if name == "__metadata__":
+            if not isinstance(info, dict) or not all(isinstance(v, str) for v in info.values()):
+                raise ValueError(f"{path}: the safetensors metadata must map names to strings")
+            continue
+        offs = info.get("data_offsets") if isinstance(info, dict) else None
+        shape = info.get("shape") if isinstance(info, dict) else None
+        if (
+            not isinstance(offs, list)
+            or len(offs) != 2
+            or not all(isinstance(o, int) and 0 <= o <= data for o in offs)
+            or offs[0] > offs[1]
+            or not isinstance(shape, list)
+            or not all(isinstance(d, int) and d >= 0 for d in shape)
+        ):
+            raise ValueError(f"{path}: tensor {name!r} has an invalid entry in the header (truncated or crafted file)")
+    return header
+
+
+def save_text(text: str, path: str | os.PathLike) -> Path:
+    """Write text atomically."""
+
+    def write(tmp):
+        with open(tmp, "w") as f:
+            f.write(text)
+
+    return _atomic_write(path, write)
 
 
 def save_json(obj: Any, path: str | os.PathLike) -> Path:

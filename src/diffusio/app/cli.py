@@ -31,7 +31,47 @@ BENCHES = {
     "fokker-planck": "fokker_planck",
     "mup": "mup",
     "multitask": "multitask",
+    "fuzz": "fuzz",
 }
+
+
+def positive_int(v: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        n = int(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {v!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {n}")
+    return n
+
+
+def check_device(device: str | None) -> str | None:
+    """Refuse a device torch does not know or that is not present (e.g. cuda without CUDA)."""
+    if device is None:
+        return None
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"--device {device!r} is not a device; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s)")
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {device}: diffusio runs on cpu or cuda")
+    return device
+
+
+def check_out(out: str | Path, what: str = "--out") -> Path:
+    """Refuse an output path that lies inside a regular file (or is a directory where a file is wanted)."""
+    out = Path(out)
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"{what} {out}: {parent} is a file, not a directory")
+            break
+    return out
 
 
 def find_bench_root() -> Path:
@@ -52,8 +92,11 @@ def _cmd_train(args) -> int:
     from diffusio.app.resources import resolve_config
     from diffusio.training import cleanup, setup
 
+    check_device(args.device)
     cfg = resolve_config(args.config)
-    out = Path(args.out or Path("runs") / Path(args.config).stem)
+    out = check_out(args.out or Path("runs") / Path(args.config).stem)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; pass a directory for the run")
     if args.finetune:
         from diffusio.app.config import run_finetune
 
@@ -111,9 +154,45 @@ def load_samples(file: str | Path) -> tuple[torch.Tensor, dict]:
         from diffusio.io import load_safetensors
 
         t, meta = load_safetensors(file)
-        return t["samples"], meta
-    with np.load(file, allow_pickle=False) as z:
-        return torch.from_numpy(z["samples"]), json.loads(str(z["meta"]))
+        if set(t) != {"samples"}:
+            raise ValueError(f"{file} is not a diffusio sample file (tensors: {', '.join(sorted(t)) or 'none'})")
+        return _checked_samples(file, t["samples"], meta)
+    import zipfile
+
+    if file.suffix != ".npz":
+        raise ValueError(f"{file}: sample files are .npz or .safetensors (written by diffusio sample)")
+    try:
+        with np.load(file, allow_pickle=False) as z:
+            if set(z.files) != {"samples", "meta"}:
+                raise ValueError(f"{file} is not a diffusio sample file (arrays: {', '.join(z.files) or 'none'})")
+            info = z.zip.getinfo("samples.npy") if hasattr(z, "zip") else None
+            if info is not None and info.file_size > MAX_SAMPLE_BYTES:
+                raise ValueError(f"{file}: the samples array is {info.file_size} bytes (limit {MAX_SAMPLE_BYTES})")
+            samples, meta_raw = z["samples"], z["meta"]
+            if meta_raw.dtype.kind != "U" or meta_raw.ndim != 0:
+                raise ValueError(f"{file}: the meta entry must be a JSON string")
+            meta = json.loads(str(meta_raw))
+    except (zipfile.BadZipFile, OSError, EOFError, json.JSONDecodeError, ValueError) as e:
+        raise ValueError(f"{file} is not a readable sample file ({type(e).__name__}: {e})") from e
+    return _checked_samples(file, torch.from_numpy(np.ascontiguousarray(samples)), meta)
+
+
+MAX_SAMPLE_BYTES = 4 << 30
+
+
+def _checked_samples(file: Path, x: torch.Tensor, meta) -> tuple[torch.Tensor, dict]:
+    if not isinstance(meta, dict):
+        raise ValueError(f"{file}: the sample metadata must be a JSON object")
+    if not x.is_floating_point() or x.ndim < 2 or x.shape[0] < 2 or x.numel() == 0:
+        raise ValueError(f"{file}: samples must be a floating array (n >= 2, ...); got {x.dtype} {tuple(x.shape)}")
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{file}: the samples contain NaN or inf")
+    data = meta.get("data")
+    if data is not None:
+        from diffusio.app.config import check_config
+
+        check_config({"data": data})
+    return x, meta
 
 
 def _cmd_sample(args) -> int:
@@ -121,6 +200,12 @@ def _cmd_sample(args) -> int:
 
     from diffusio.app.config import load_model
 
+    check_device(args.device)
+    out = check_out(args.out)
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a directory; pass a file name such as samples.npz")
+    if out.suffix not in (".npz", ".safetensors"):
+        raise ValueError(f"--out {out}: use a .npz or .safetensors file name")
     info = None
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun: the batches are dealt to the ranks
         from diffusio.training import setup
@@ -135,10 +220,13 @@ def _cmd_sample(args) -> int:
             cleanup()
             raise ValueError("sampling across processes covers diffusion/flow checkpoints; run it without torchrun")
         return _sample_family(model, cfg, args, opts)
+    shown = dict(opts)
+    if args.solver == "dpm_v3":
+        opts["statistics"] = _dpm_v3_statistics(model, cfg, args.steps)
     x, nfe = _sample_sharded(model, cfg, args, opts, info)
     if x is None:  # a rank other than 0: its share is in rank 0's merged file
         return 0
-    meta = {"solver": args.solver, "steps": args.steps, "nfe": nfe, "grid": args.grid, "seed": args.seed, **opts}
+    meta = {"solver": args.solver, "steps": args.steps, "nfe": nfe, "grid": args.grid, "seed": args.seed, **shown}
     for f in save_samples(x, Path(args.out), cfg, meta):
         print(f"wrote {f}")
     print(f"{args.n} samples, {nfe} model calls each")
@@ -184,6 +272,19 @@ def _sample_sharded(model, cfg: dict, args, opts: dict, info):
         cleanup()
 
 
+def _dpm_v3_statistics(model, cfg: dict, steps: int):
+    """DPM-Solver-v3 statistics of a checkpoint, estimated once from its own data config (progress bar) and cached
+    under ``diffusio.io.cache_dir("dpm_v3")`` by the model's fingerprint (a later run loads them)."""
+    from diffusio.app.config import build_data
+    from diffusio.samplers.dpm_v3 import statistics_for
+
+    n_grid = max(60, 4 * steps)
+    x0, cond = build_data(cfg["data"]).sample(512, torch.Generator().manual_seed(0))
+    # var_floor 1e-6: the ridge matched to float32 networks (their eps is accurate to ~1e-7 relative)
+    opts = {"exact_below": 16, "var_floor": 1e-6, "progress": True}
+    return statistics_for(model, x0, n_grid=n_grid, cond=cond or None, **opts)
+
+
 def _sample_family(model, cfg: dict, args, opts: dict) -> int:
     from diffusio.app.evaluation import generate_family
 
@@ -204,11 +305,21 @@ def _parse_opts(items: list[str] | None) -> list[tuple[str, float | str]]:
         if "=" not in item:
             raise SystemExit(f"--opt takes NAME=VALUE, got {item!r}")
         k, v = item.split("=", 1)
-        try:
-            out.append((k, float(v)))
-        except ValueError:
-            out.append((k, v))
+        out.append((k, _opt_value(v)))
     return out
+
+
+def _opt_value(v: str):
+    """An --opt value as YAML reads it: ints stay ints (lower_order_final=2), true/false are booleans."""
+    low = v.strip().lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for cast in (int, float):
+        try:
+            return cast(v)
+        except ValueError:
+            pass
+    return v
 
 
 def _cmd_eval(args) -> int:
@@ -276,7 +387,10 @@ def _version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="diffusio", description="Diffusion and flow models: train, sample, evaluate.")
+    p = argparse.ArgumentParser(
+        prog="diffusio",
+        description="Diffusion and flow models: train, sample, evaluate. --debug (any command): show tracebacks.",
+    )
     p.add_argument("--version", action="version", version=f"diffusio {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -287,7 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train from a YAML config (torchrun-aware)")
     t.add_argument("config", help="a YAML file, or the name of a bundled config (see configs/)")
-    t.add_argument("--steps", type=int, help="total steps (overrides the config)")
+    t.add_argument("--steps", type=positive_int, help="total steps (overrides the config)")
     t.add_argument("--out", help="output directory (default runs/<config name>)")
     t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors")
     t.add_argument("--device", help="cpu or cuda (default: cuda if available)")
@@ -300,11 +414,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--steps", type=int, default=18)
     s.add_argument("--grid", default=None, help="uniform, logsnr, karras or quadratic (default: the solver's)")
     s.add_argument(
-        "--n", "--num-samples", dest="n", type=int, default=1000, help="samples (--num-samples under torchrun)"
+        "--n", "--num-samples", dest="n", type=positive_int, default=1000, help="samples (--num-samples under torchrun)"
     )
     s.add_argument("--out", default="samples.npz", help="FILE.npz or FILE.safetensors; a PNG is written beside")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--batch-size", type=int, default=1000)
+    s.add_argument("--batch-size", type=positive_int, default=1000)
     s.add_argument("--class", dest="class_", type=int, help="sample one class of a class-conditional model")
     s.add_argument("--opt", action="append", help="solver option NAME=VALUE (e.g. eta=0.5), repeatable")
     s.add_argument("--device", default=None)
@@ -342,12 +456,32 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the ``diffusio`` command line on ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
+    """Run one command. Every error becomes one line ``diffusio CMD: error: ...`` and exit code 2; ``--debug``
+    (anywhere before a bench's own options) shows the traceback instead."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cut = argv.index("bench") + 2 if "bench" in argv else len(argv)
+    debug = "--debug" in argv[:cut]
+    if debug:
+        argv = [a for i, a in enumerate(argv) if not (a == "--debug" and i < cut)]
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"diffusio {args.command}: error: {e}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"diffusio {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except SystemExit as e:
+        if isinstance(e.code, str):  # a message raised as SystemExit inside a command
+            if debug:
+                raise
+            print(f"diffusio {args.command}: error: {e.code}", file=sys.stderr)
+            return 2
+        raise
+    except Exception as e:  # the boundary: one line per library error, the traceback only with --debug
+        if debug:
+            raise
+        msg = " ".join(str(e).split()) or type(e).__name__
+        kind = "" if isinstance(e, ValueError | FileNotFoundError) else f"{type(e).__name__}: "
+        print(f"diffusio {args.command}: error: {kind}{msg} (run with --debug for the traceback)", file=sys.stderr)
         return 2
 
 

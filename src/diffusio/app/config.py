@@ -15,6 +15,8 @@ from pathlib import Path as FsPath
 import torch
 import yaml
 
+from diffusio.app.schema import ConfigError, check_call, check_keys, check_value, validate_config
+from diffusio.app.schema import _named as named_section
 from diffusio.core import paths
 from diffusio.data.sources import FunctionSource, TensorSource
 from diffusio.families import FAMILIES, Builders, Family, pfgmpp
@@ -39,6 +41,7 @@ __all__ = [
     "build_loss",
     "build_model",
     "build_path",
+    "check_config",
     "load_config",
     "load_model",
 ]
@@ -227,31 +230,263 @@ def build_loss(config: dict, model):
     return cls(target, density, weighting, coupling)
 
 
+# --- the schema (diffusio.app.schema): every section, key, type and range, checked before any work ------------------
+def _mapping(where: str, v) -> dict:
+    if not isinstance(v, dict):
+        raise ConfigError(f"section {where} must be a mapping of options, got {v!r}")
+    return v
+
+
+def _positive(where: str, spec: dict, keys) -> None:
+    for k in keys:
+        if k in spec and not spec[k] >= 1:
+            raise ConfigError(f"{where}.{k} must be >= 1, got {spec[k]!r}")
+
+
+def _check_data(where: str, v, cfg: dict) -> None:
+    from diffusio.data.digits import load_digits
+    from diffusio.data.images import image_patches, load_image_folder
+    from diffusio.data.phantoms import random_phantoms
+
+    name, spec = named_section(where, v, DATA)
+    where = f"{where} ({name})"
+    if name == "toy":
+        check_keys(where, spec, {"dataset"})
+        check_value(f"{where}.dataset", spec.get("dataset", "moons"), str)
+    elif name == "digits":
+        check_call(where, load_digits, spec, extra={"labels": bool})
+    elif name == "images":
+        check_call(where, load_image_folder, spec)
+    elif name == "patches":
+        check_call(where, image_patches, spec, extra={"image": str, "seed": int}, skip=("name", "generator"))
+        _positive(where, spec, ("n", "size"))
+    elif name == "phantoms":
+        check_call(where, random_phantoms, spec, skip=("n", "generator"))
+        _positive(where, spec, ("size",))
+    elif name == "restoration":
+        check_keys(where, spec, {"clean", "degrade"})
+        if "clean" in spec:
+            _check_data(f"{where}.clean", spec["clean"], cfg)
+
+
+def _check_path(where: str, v, cfg: dict) -> None:
+    name, spec = named_section(where, v, PATHS)
+    check_call(f"{where} ({name})", PATHS[name], spec)
+
+
+def _check_net(where: str, v, cfg: dict) -> None:
+    nets = _nets()
+    if cfg.get("family") == "multitask":  # the family's own image-label network (nets.heads)
+        from diffusio.nets.heads import image_label_net
+
+        nets = {"image_label": image_label_net}
+    name, spec = named_section(where, v, nets)
+    check_call(f"{where} ({name})", nets[name], spec, extra={"num_classes": int | str | None})
+    for k, val in spec.items():
+        if isinstance(val, int) and not isinstance(val, bool) and val < 0:
+            raise ConfigError(f"{where}.{k} must be >= 0, got {val}")
+
+
+def _check_train(where: str, v, cfg: dict) -> None:
+    from diffusio.training import TrainConfig
+
+    check_call(where, TrainConfig, _mapping(where, v))
+
+
+SAMPLE_KEYS = {"solver": str, "steps": int, "n": int, "grid": str | None, "seed": int, "batch_size": int}
+
+
+def _check_sample(where: str, v, cfg: dict) -> None:
+    spec = _mapping(where, v)
+    check_keys(where, spec, SAMPLE_KEYS)
+    for k, val in spec.items():
+        check_value(f"{where}.{k}", val, SAMPLE_KEYS[k])
+    _positive(where, spec, ("steps", "n", "batch_size"))
+
+
+MODEL_KEYS = {"prediction": str, "precond": dict | bool | None, "heads": list[str]}
+
+
+def _check_model(where: str, v, cfg: dict) -> None:
+    spec = _mapping(where, v)
+    if cfg.get("family") == "multitask":
+        from diffusio.families.multitask import MultiTaskModel
+
+        check_call(where, MultiTaskModel, spec, skip=("net", "path"))
+        return
+    check_keys(where, spec, MODEL_KEYS)
+    for k, val in spec.items():
+        check_value(f"{where}.{k}", val, MODEL_KEYS[k])
+
+
+def _check_loss(where: str, v, cfg: dict) -> None:
+    spec = _mapping(where, v)
+    family = cfg.get("family", "diffusion")
+    if family == "interpolant":
+        from diffusio.families.interpolants import InterpolantLoss
+
+        check_call(where, InterpolantLoss, spec, skip=("base",))
+    elif family == "multitask":
+        from diffusio.families.multitask import MultiTaskLoss
+
+        check_call(where, MultiTaskLoss, spec)
+    elif family == "flowmap":
+        from diffusio.families.flowmap import FlowMapDistillation
+
+        check_call(where, FlowMapDistillation, spec, extra={"density": str | dict}, skip=("teacher",))
+    else:
+        keys = {"target": str, "density": str | dict, "weighting": str | dict, "coupling": str | dict | None}
+        check_keys(where, spec, keys)
+        for k, val in spec.items():
+            check_value(f"{where}.{k}", val, keys[k])
+
+
+def _check_interpolant(where: str, v, cfg: dict) -> None:
+    spec = _mapping(where, v)
+    check_keys(where, spec, {"a", "b", "gamma"})
+    for k, val in spec.items():
+        check_value(f"{where}.{k}", val, str | dict)
+
+
+def _check_family(where: str, v, cfg: dict) -> None:
+    if v not in FAMILIES:
+        raise ConfigError(f"unknown family {v!r}; valid: {', '.join(FAMILIES)}")
+
+
+FINETUNE_KEYS = {
+    "method": str,
+    "from": str,
+    "rank": int,
+    "alpha": float,
+    "target_modules": list[str] | str,
+    "block_size": int,
+    "dropout": float,
+    "tau": float,
+    "fraction": float,
+    "lambda_rank": float,
+    "min_rank_dim": int,
+    "reselect_at": list[int] | None,
+}
+
+
+def _check_finetune(where: str, v, cfg: dict) -> None:
+    """The ``finetune:`` section (``diffusio train CONFIG --finetune CKPT``); per-method options in run_finetune."""
+    spec = _mapping(where, v)
+    check_keys(where, spec, FINETUNE_KEYS)
+    for k, val in spec.items():
+        check_value(f"{where}.{k}", val, FINETUNE_KEYS[k])
+    if spec.get("method", "lora") not in FINETUNE_METHODS:
+        raise ConfigError(f"{where}.method must be one of {', '.join(FINETUNE_METHODS)}, got {spec['method']!r}")
+
+
+def _typed(hint):
+    return lambda where, v, cfg: check_value(where, v, hint)
+
+
+SCHEMA = {
+    "family": _check_family,
+    "data": _check_data,
+    "base": _check_data,
+    "path": _check_path,
+    "net": _check_net,
+    "model": _check_model,
+    "loss": _check_loss,
+    "train": _check_train,
+    "sample": _check_sample,
+    "interpolant": _check_interpolant,
+    "finetune": _check_finetune,
+    "teacher": _typed(str | None),
+    "data_shape": _typed(list[int]),
+    "num_classes": _typed(int | None),
+}
+
+
+def check_config(cfg) -> dict:
+    """Validate a run config against the schema (``SCHEMA``): raises :class:`ConfigError` naming the key."""
+    return validate_config(cfg, SCHEMA)
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """Safe YAML without aliases (a billion-laughs expansion) and without python tags (SafeLoader refuses those)."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise ConfigError(f"YAML aliases (*{event.anchor}) are not allowed in diffusio configs")
+        return super().compose_node(parent, index)
+
+
 def load_config(path: str | os.PathLike) -> dict:
-    """Read a YAML run config."""
+    """Read a YAML run config and check it against the schema."""
     p = FsPath(path)
     if not p.is_file():
         raise FileNotFoundError(f"no config file at {p}")
-    cfg = yaml.safe_load(p.read_text())
+    if p.stat().st_size > 1 << 20:
+        raise ConfigError(f"{p} is larger than 1 MB; a run config is a few lines")
+    try:
+        cfg = yaml.load(p.read_text(), Loader=_StrictLoader)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p} is not valid YAML: {str(e).splitlines()[0]}") from e
     if not isinstance(cfg, dict):
         raise ValueError(f"{p} must hold a mapping with sections data, path, net, model, loss, train")
-    return cfg
+    return check_config(cfg)
 
 
 def load_model(file: str | os.PathLike, device: str | torch.device = "cpu", ema: bool = True) -> tuple[Model, dict]:
-    """Rebuild a trained Model from ``model.safetensors`` (EMA weights) or ``checkpoint.safetensors``."""
+    """Rebuild a trained Model from ``model.safetensors`` (EMA weights) or ``checkpoint.safetensors``.
+
+    A ``model.safetensors`` older than the ``checkpoint.safetensors`` beside it (a save killed between the two
+    writes) is never used: the checkpoint's EMA weights are read instead."""
+    from diffusio.training.loop import _file_step
+
+    sibling = FsPath(file).with_name("checkpoint.safetensors")
+    if ema and FsPath(file).name == "model.safetensors" and sibling.is_file():
+        if _file_step(sibling) != _file_step(FsPath(file)):
+            file = sibling
     tensors, meta = load_safetensors(file, device=device)
     cfg = meta.get("config")
     if not isinstance(cfg, dict):
         raise ValueError(f"{file} has no diffusio config in its metadata; was it written by diffusio?")
+    if "data_shape" not in cfg:
+        raise ValueError(f"{file}: the stored config has no data_shape; was it written by diffusio train?")
+    try:
+        check_config(cfg)
+    except ConfigError as e:
+        raise ValueError(f"{file}: the stored config is invalid: {e}") from e
     if meta.get("format") == "diffusio-checkpoint-1":
         prefix = "ema/" if ema else "model/"
         tensors = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
     shape = tuple(cfg["data_shape"])
+    # the architecture is built on the meta device first (no memory) and compared with the file's tensors, so a
+    # crafted config (hidden: 300000) is refused before anything is allocated
+    try:
+        with torch.device("meta"):
+            skeleton = build_model(cfg, shape, cfg.get("num_classes"))
+    except (RuntimeError, NotImplementedError):  # a family whose constructor reads values (no meta build)
+        skeleton = None
+    if skeleton is not None:
+        _same_tensors(file, skeleton.net.state_dict(), tensors)
     model = build_model(cfg, shape, cfg.get("num_classes"))
+    _same_tensors(file, model.net.state_dict(), tensors)
     model.net.load_state_dict(tensors)
     model.net.to(device).eval()
     return model, copy.deepcopy(cfg)
+
+
+def _same_tensors(file, expected: dict, found: dict) -> None:
+    missing = sorted(set(expected) - set(found))
+    extra = sorted(set(found) - set(expected))
+    if missing or extra:
+        raise ValueError(
+            f"{file} does not hold the weights of the architecture its config describes (missing: "
+            f"{', '.join(missing[:3]) or 'none'}; unexpected: {', '.join(extra[:3]) or 'none'})"
+        )
+    for k, v in expected.items():
+        if tuple(found[k].shape) != tuple(v.shape):
+            raise ValueError(
+                f"{file}: tensor {k!r} has shape {tuple(found[k].shape)} but the config's architecture needs "
+                f"{tuple(v.shape)}; the config and the weights disagree"
+            )
 
 
 def run_training(
@@ -269,7 +504,7 @@ def run_training(
     """
     from diffusio.training import TrainConfig, Trainer
 
-    cfg = copy.deepcopy(config)
+    cfg = copy.deepcopy(check_config(config))
     train_cfg = dict(cfg.get("train", {}))
     if steps is not None:
         train_cfg["steps"] = steps

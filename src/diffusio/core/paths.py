@@ -39,6 +39,14 @@ class Path:
 
     ``t_lo``/``t_hi`` bound the closed domain where the formulas hold (``t_min``/``t_max`` lie inside it and
     keep lambda finite, which log-SNR solvers need).
+
+    Usable domain. An end where lambda is infinite is *singular*: at the data end of a VP, flow or trigonometric
+    path sigma = 0 (lambda = +inf, so eps = (x - alpha x0)/sigma is 0/0), at the noise end of the flow and
+    trigonometric paths alpha = 0 (lambda = -inf, x0 = (x - sigma eps)/alpha is 0/0). ``singular_ends()`` names
+    them. A model may be evaluated anywhere in ``[t_lo, t_hi]`` (a velocity network is finite at alpha = 0), but a
+    sampling grid never ends on a singular data end (``check_t(..., grid=True)`` refuses it with the usable
+    minimum: sample down to ``t_min`` and pass ``denoise=True`` for the limit x0), and the front door
+    ``diffusio.samplers.sample`` refuses a singular noise end for the solvers that work in log-SNR.
     """
 
     name: str = "path"
@@ -112,8 +120,18 @@ class Path:
         z = self.noise_sample(shape, generator=generator, device=device, dtype=dtype)
         return z * float(self.sigma(torch.tensor(self.t_max, dtype=torch.float64)))
 
-    def check_t(self, t: Tensor, name: str = "t") -> None:
-        """Raise a clear error if ``t`` leaves the path's domain ``[t_lo, t_hi]``."""
+    def singular_ends(self) -> tuple[bool, bool]:
+        """``(data_end, noise_end)``: whether lambda is infinite at ``t_lo`` / ``t_hi`` (see the class docstring)."""
+        with torch.no_grad():
+            ends = torch.tensor([self.t_lo, self.t_hi], dtype=torch.float64)
+            if not math.isfinite(self.t_hi):
+                return (not math.isfinite(float(self.log_snr(ends[:1]))), False)
+            lam = self.log_snr(ends)
+        return (not math.isfinite(float(lam[0])), not math.isfinite(float(lam[1])))
+
+    def check_t(self, t: Tensor, name: str = "t", *, grid: bool = False) -> None:
+        """Raise a clear error if ``t`` leaves the path's domain ``[t_lo, t_hi]``; with ``grid=True`` (sampling
+        grids) also if it touches a singular data end, where every solver's formulas divide by sigma = 0."""
         t = torch.as_tensor(t)
         if torch.isnan(t).any():
             raise ValueError(f"{name} contains NaN")
@@ -123,6 +141,13 @@ class Path:
             raise ValueError(
                 f"{name} must lie in [{self.t_lo:g}, {self.t_hi:g}] for path {self.name!r}; got values in "
                 f"[{lo:g}, {hi:g}]"
+            )
+        if grid and lo <= self.t_lo and self.singular_ends()[0]:
+            raise ValueError(
+                f"{name} reaches t = {self.t_lo:g}, the singular data end of path {self.name!r} (sigma = 0, log-SNR "
+                f"= +inf; the solvers' formulas divide by zero there): sampling grids must stay above it (usable "
+                f"domain ({self.t_lo:g}, {self.t_hi:g}]); end at the path's t_min = {self.t_min:g} (the default) and "
+                "pass denoise=True for the x0 prediction there"
             )
 
     def config(self) -> dict:

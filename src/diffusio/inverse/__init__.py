@@ -36,7 +36,7 @@ from diffusio.inverse.operators import (
 )
 from diffusio.inverse.reddiff import SNRWeight, solve_reddiff
 from diffusio.inverse.smc import solve_smc
-from diffusio.models.base import CountingModel, ModelBase
+from diffusio.models.base import CheckedModel, ModelBase, NonFiniteError
 
 __all__ = [
     "METHODS",
@@ -138,8 +138,13 @@ def solve(model: ModelBase, operator: Operator, y: Tensor, method: str = "dps", 
         raise TypeError(f"operator must be a diffusio.inverse Operator; got {type(operator).__name__}")
     if spec.linear_only and not operator.linear:
         raise ValueError(f"method {method!r} needs a linear operator; use 'dps' or 'reddiff' for {operator!r}")
+    if not torch.is_tensor(y) or not y.is_floating_point():
+        raise TypeError(f"y must be a floating-point tensor of measurements, got {getattr(y, 'dtype', type(y))}")
     operator.check_y(y)
-    counted = CountingModel(model)
+    # the finite-output guard: NaN/inf in a state handed to the model, the model's answer or the result is an error
+    counted = CheckedModel(model, f"inverse method {method!r}", None, options)
     x, info = spec.fn(counted, operator, y, **options)
+    if not bool(torch.isfinite(x).all()):
+        raise NonFiniteError(counted.describe("the reconstruction", None, final=True))
     shown = {k: v for k, v in options.items() if not isinstance(v, torch.Generator | Tensor)}
     return InverseResult(x.detach(), counted.calls, method, shown, info)

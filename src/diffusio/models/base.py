@@ -17,7 +17,32 @@ from diffusio.core.parametrization import check_kind, convert
 from diffusio.core.paths import EDM, Path
 from diffusio.core.time import as_time, broadcast
 
-__all__ = ["CountingModel", "EDMPrecond", "KDiffusionModel", "Model", "ModelBase", "ModelWrapper"]
+__all__ = [
+    "CheckedModel",
+    "CountingModel",
+    "EDMPrecond",
+    "KDiffusionModel",
+    "Model",
+    "ModelBase",
+    "ModelWrapper",
+    "NonFiniteError",
+    "check_output_shape",
+]
+
+
+class NonFiniteError(ValueError):
+    """A sampler or solver produced NaN/inf: the message names the solver, the call, the time and the likely cause."""
+
+
+def check_output_shape(out: Tensor, x: Tensor, what: str) -> None:
+    """Refuse a network output whose shape differs from the input's (it would broadcast silently)."""
+    if not torch.is_tensor(out):
+        raise TypeError(f"{what} must return a tensor, got {type(out).__name__}")
+    if out.shape != x.shape:
+        raise ValueError(
+            f"{what} returned shape {tuple(out.shape)} for an input of shape {tuple(x.shape)}; a network's output "
+            "must have its input's shape (batch, *event_shape) in the head it predicts"
+        )
 
 
 class ModelBase(nn.Module):
@@ -76,6 +101,7 @@ class EDMPrecond:
         c_in = 1 / torch.sqrt(s_b**2 + sd2)
         xs = x / a
         out = net((c_in * xs).to(_net_dtype(net, x)), (torch.log(s) / 4).to(_net_dtype(net, x)), **cond)
+        check_output_shape(out, x, "the network")
         return c_skip * xs + c_out * out.to(x.dtype)
 
     def config(self) -> dict:
@@ -108,7 +134,9 @@ class Model(ModelBase):
             out = self.precond(self.net, x, t, self.path, **cond)
         else:
             dtype = _net_dtype(self.net, x)
-            out = self.net(x.to(dtype), self.path.net_time(t).to(dtype), **cond).to(x.dtype)
+            out = self.net(x.to(dtype), self.path.net_time(t).to(dtype), **cond)
+            check_output_shape(out, x, "the network")
+            out = out.to(x.dtype)
         return convert(out, self.prediction, kind, x, t, self.path)
 
     @classmethod
@@ -133,6 +161,7 @@ class KDiffusionModel(ModelBase):
     def predict(self, x: Tensor, t: Tensor, kind: str = "x0", **cond) -> Tensor:
         a = broadcast(self.path.alpha(t), x)
         x0 = self.denoiser(x / a, self.path.noise_level(t), **cond)
+        check_output_shape(x0, x, "the denoiser")
         return convert(x0, "x0", kind, x, t, self.path)
 
 
@@ -170,3 +199,54 @@ class CountingModel(ModelWrapper):
     def predict(self, x, t, kind="x0", **cond):
         self.calls += 1
         return self.inner.predict(x, t, kind, **cond)
+
+
+class CheckedModel(CountingModel):
+    """The guard the front doors (``samplers.sample``, ``inverse.solve``) put around a model: counts calls and, at
+    every call, checks the state handed to the model and the model's answer with one reduced ``isfinite`` (one
+    host sync) and the answer's shape, raising :class:`NonFiniteError` naming ``solver`` (a label such as
+    ``"solver 'heun'"``), the call (and step,
+    from ``calls_per_step``), the time and the likely cause instead of letting NaN reach the result."""
+
+    def __init__(self, inner: ModelBase, solver: str, calls_per_step: int | None = None, options: dict | None = None):
+        super().__init__(inner)
+        self.solver, self.calls_per_step = solver, calls_per_step
+        self.options = {k: v for k, v in (options or {}).items() if isinstance(v, int | float | str)}
+
+    def predict(self, x, t, kind="x0", **cond):
+        out = super().predict(x, t, kind, **cond)
+        if out.shape != x.shape:
+            check_output_shape(out, x, f"the model (kind {kind!r})")
+        if not bool(torch.isfinite(x).all() & torch.isfinite(out).all()):
+            where = "the state handed to the model" if not bool(torch.isfinite(x).all()) else "the model's output"
+            raise NonFiniteError(self.describe(where, t))
+        return out
+
+    def describe(self, where: str, t=None, *, final: bool = False) -> str:
+        """The error message: who, when, and the likely cause."""
+        path = self.inner.path
+        when = "in the final output" if final else f"at model call {self.calls}"
+        if not final and self.calls_per_step:
+            when += f" (step {(self.calls - 1) // self.calls_per_step + 1})"
+        tv = None
+        if t is not None:
+            tt = torch.as_tensor(t).reshape(-1)
+            tv = float(tt[0]) if tt.numel() else None
+        if tv is not None:
+            when += f", t = {tv:g}"
+        try:
+            data_end, noise_end = path.singular_ends()
+        except (NotImplementedError, ValueError, RuntimeError, TypeError):  # a path without a log-SNR
+            data_end = noise_end = False
+        if tv is not None and ((data_end and tv <= path.t_lo) or (noise_end and tv >= path.t_hi)):
+            cause = (
+                f"t = {tv:g} is a singular end of path {path.name!r} (log-SNR infinite, a coefficient is 0); "
+                f"sample inside ({path.t_lo:g}, {path.t_hi:g}), e.g. between t_min = {path.t_min:g} and "
+                f"t_max = {path.t_max:g} (the defaults)"
+            )
+        elif self.options:
+            shown = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
+            cause = f"an option value ({shown}) or a step too large for the solver: try the defaults or more steps"
+        else:
+            cause = "a step too stiff for this solver: use more steps, a lower-order solver or float64"
+        return f"{self.solver} produced NaN/inf: {where} is not finite {when}. Likely cause: {cause}"

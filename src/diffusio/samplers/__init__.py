@@ -6,7 +6,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
+import math
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -14,8 +17,8 @@ from functools import partial
 import torch
 from torch import Tensor
 
-from diffusio.core.timesteps import get_timesteps
-from diffusio.models.base import CountingModel, ModelBase
+from diffusio.core.timesteps import check_grid, get_timesteps
+from diffusio.models.base import CheckedModel, ModelBase, NonFiniteError
 from diffusio.samplers.adaptive import odeint, sample_adaptive
 from diffusio.samplers.base import Callback, Step
 from diffusio.samplers.dpm import (
@@ -36,6 +39,7 @@ from diffusio.samplers.unipc import sample_unipc
 
 __all__ = [
     "SOLVERS",
+    "NonFiniteError",
     "SampleResult",
     "Solver",
     "Step",
@@ -78,6 +82,8 @@ class Solver:
     summary: str = ""
     extra_calls: int = 0  # calls outside the per-step count (e.g. a warm-up)
     needs: tuple[str, ...] = ()  # options without a usable default that a caller must supply (e.g. "statistics")
+    log_snr: bool = False  # steps in log-SNR (or sigma/alpha): needs a finite lambda at every grid point
+    data_end_ok: bool = True  # may a tensor grid end on a singular data end (a flow map jumps to t = 0)?
 
     def nfe(self, steps: int) -> int | None:
         """Model calls for ``steps`` steps (None for adaptive solvers)."""
@@ -92,6 +98,7 @@ class Solver:
 
 
 SOLVERS: dict[str, Solver] = {}
+MAX_STEPS = 100_000  # a larger request is refused (a typo such as 10**7 would run for hours)
 
 
 def register_solver(solver: Solver) -> Solver:
@@ -108,6 +115,25 @@ def get_solver(name: str) -> Solver:
         raise ValueError(f"unknown solver {name!r}; valid: {', '.join(sorted(SOLVERS))}")
     return SOLVERS[name]
 
+
+# solvers stepping in log-SNR or sigma/alpha: a grid touching a singular noise end (alpha = 0) is refused for them
+_LOG_SNR = {
+    "dpm_solver_1",
+    "dpm_solver_2",
+    "dpm_solver_3",
+    "dpm_solver_fast",
+    "dpmpp_2s",
+    "dpmpp_2m",
+    "dpmpp_3m",
+    "dpmpp_3m_official",
+    "dpmpp_2m_sde",
+    "dpmpp_3m_sde",
+    "unipc",
+    "unipc3",
+    "dpm_v3",
+    "evodiff",
+    "ipndm",
+}
 
 for _s in (
     Solver("euler", sample_euler, 1, 1, default_grid="karras", summary="Euler on the probability-flow ODE"),
@@ -201,6 +227,9 @@ for _s in (
     ),
     Solver("ipndm", sample_ipndm, 4, 1, min_steps=4, summary="iPNDM: variable-step Adams-Bashforth-4 in sigma/alpha"),
 ):
+    # the built-in solvers divide by sigma at the last grid point: a tensor grid ending at a singular data end is
+    # refused for them (named grids never go there)
+    _s = dataclasses.replace(_s, log_snr=_s.name in _LOG_SNR, data_end_ok=False)
     register_solver(_s)
 
 
@@ -236,8 +265,17 @@ def sample(
     Pass the prior draw ``x`` ``(batch, ...)`` or a ``shape`` (then x = ``model.path.prior_sample(shape)``).
     ``grid`` is a grid name (``uniform``, ``logsnr``, ``karras``, ``quadratic``; default: the solver's) or a
     decreasing tensor of times. ``denoise=True`` returns the x0 prediction at the last time (one more call).
-    Solver ``options`` (e.g. ``eta``, ``churn``) are checked against the solver's signature.
+    Solver ``options`` (e.g. ``eta``, ``churn``) are checked against the solver's signature; numbers must be
+    finite (NaN/inf refused by name). float16/bfloat16 ``x`` is computed in float32 and returned in its dtype.
+
+    Finite-output guarantee: the model is wrapped in :class:`~diffusio.models.base.CheckedModel`, which checks the
+    state handed to it and its answer at every call (one reduced ``isfinite``); NaN/inf anywhere, or in the
+    result, raises :class:`NonFiniteError` naming the solver, the call/step, the time and the likely cause.
+    Grids never touch a singular data end of the path (``Path.check_t(..., grid=True)``), and log-SNR solvers
+    refuse a singular noise end (alpha = 0).
     """
+    if not isinstance(solver, str):
+        raise TypeError(f"solver must be a solver name (str), got {type(solver).__name__}")
     spec = get_solver(solver)
     unknown = sorted(set(options) - set(spec.options()))
     if unknown:
@@ -245,35 +283,88 @@ def sample(
         raise ValueError(f"unknown option(s) {', '.join(unknown)} for solver {solver!r}; valid: {valid}")
     if not isinstance(model, ModelBase):
         raise TypeError(f"model must be a diffusio Model (ModelBase), got {type(model).__name__}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < spec.min_steps:
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < spec.min_steps:
         lower = "; pass more steps or a lower-order solver (e.g. 'ddim', 1 call per step)" if spec.min_steps > 1 else ""
         raise ValueError(f"steps must be an integer >= {spec.min_steps} for solver {solver!r}, got {steps!r}{lower}")
+    steps = int(steps)
+    if steps > MAX_STEPS:
+        raise ValueError(f"steps={steps} is beyond {MAX_STEPS} (hours of model calls); pass fewer steps")
+    _check_options(spec, options)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    if cond is not None and not isinstance(cond, dict):
+        raise TypeError(f"cond must be a dict of keyword arguments for the model (e.g. {{'y': labels}}), got {cond!r}")
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be callable (it receives a Step), got {type(callback).__name__}")
+    if not isinstance(denoise, bool):
+        raise TypeError(f"denoise must be True or False, got {denoise!r}")
+    if grid is not None and not isinstance(grid, str) and not torch.is_tensor(grid):
+        raise TypeError(f"grid must be a grid name or a 1-D tensor of times, got {type(grid).__name__}")
     path = model.path
-    ts = (
-        get_timesteps(path, steps, spec.default_grid if grid is None else grid, t_min=t_min, t_max=t_max)
-        if isinstance(grid, str | None)
-        else get_timesteps(path, steps, grid)
-    )
+    if isinstance(grid, str | None):
+        ts = get_timesteps(path, steps, spec.default_grid if grid is None else grid, t_min=t_min, t_max=t_max)
+    else:
+        if t_min is not None or t_max is not None:
+            raise ValueError("t_min/t_max apply to named grids; a tensor grid already fixes its end points")
+        ts = check_grid(grid, path, singular_data_end=spec.data_end_ok)
+    if spec.log_snr and not torch.isfinite(path.log_snr(ts)).all():
+        raise ValueError(
+            f"solver {solver!r} steps in log-SNR, which is infinite at t = {float(ts[0]):g} (the singular noise end "
+            f"of path {path.name!r}, alpha = 0); start at the path's t_max = {path.t_max:g} (the default) or use a "
+            "native-time solver such as 'euler' or 'heun'"
+        )
     x = _initial(path, x, shape, generator)
+    out_dtype = x.dtype
+    if x.dtype in (torch.float16, torch.bfloat16):  # solver arithmetic in float32, returned in the caller's dtype
+        x = x.float()
     if "generator" in inspect.signature(spec.fn).parameters:
         options["generator"] = generator
-    counted = CountingModel(model)
+    shown = {k: v for k, v in options.items() if k != "generator"}
+    counted = CheckedModel(model, f"solver {solver!r}", spec.calls_per_step, shown)
     with torch.no_grad():
         out = spec.fn(counted, x, ts, cond=cond, callback=callback, **options)
         if denoise:
             out = counted.predict(out, ts[-1].to(out.device).expand(out.shape[0]), "x0", **(cond or {})).to(out.dtype)
+        out = out.to(out_dtype)
+        if not bool(torch.isfinite(out).all()):
+            where = "the result" + (f" cast back to {out_dtype}" if out_dtype != x.dtype else "")
+            raise NonFiniteError(counted.describe(where, ts[-1], final=True))
     options.pop("generator", None)
     return SampleResult(out, counted.calls, ts, solver, options)
+
+
+def _check_options(spec: Solver, options: dict) -> None:
+    """Numbers must be finite (an infinite value only where the option's default is infinite); floating tensors
+    finite; booleans stay booleans."""
+    params = inspect.signature(spec.fn).parameters
+    for k, v in options.items():
+        default = params[k].default if k in params else inspect.Parameter.empty
+        if isinstance(v, numbers.Real) and not isinstance(v, bool):
+            v = float(v)
+            inf_ok = isinstance(default, float) and math.isinf(default) and v == default
+            if math.isnan(v) or (math.isinf(v) and not inf_ok):
+                raise ValueError(f"option {k}={v} for solver {spec.name!r} must be a finite number")
+        elif torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise ValueError(f"option {k} for solver {spec.name!r} contains NaN or inf")
 
 
 def _initial(path, x: Tensor | None, shape, generator) -> Tensor:
     if (x is None) == (shape is None):
         raise ValueError("pass exactly one of x (the prior draw) or shape")
     if x is None:
+        if isinstance(shape, numbers.Integral) or not isinstance(shape, tuple | list | torch.Size):
+            raise ValueError(f"shape must be a tuple (batch, *event_shape), got {shape!r}")
+        bad = [d for d in shape if isinstance(d, bool) or not isinstance(d, numbers.Integral) or d < 1]
+        if len(shape) < 2 or bad:
+            raise ValueError(f"shape must be a tuple of >= 2 positive integers (batch, *event_shape), got {shape!r}")
         device = generator.device if generator is not None else None
-        return path.prior_sample(tuple(shape), generator=generator, device=device)
+        return path.prior_sample(tuple(int(d) for d in shape), generator=generator, device=device)
     if not torch.is_tensor(x) or x.ndim < 2:
         raise ValueError(f"x must be a tensor of shape (batch, ...) with ndim >= 2; got {getattr(x, 'shape', x)}")
+    if not x.is_floating_point():
+        raise TypeError(f"x must be a floating-point tensor (the prior draw), got dtype {x.dtype}")
+    if x.numel() == 0:
+        raise ValueError(f"x is empty (shape {tuple(x.shape)}); pass at least one sample")
     if not torch.isfinite(x).all():
         raise ValueError("x contains NaN or inf")
     return x

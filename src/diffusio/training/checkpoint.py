@@ -58,8 +58,10 @@ def save_checkpoint(
     generators: dict[str, torch.Generator],
     step: int,
     config: dict,
+    log_window: list[float] | None = None,
 ) -> Path:
-    """Write a resumable checkpoint atomically (temp file, fsync, rename)."""
+    """Write a resumable checkpoint atomically (temp file, fsync, rename). ``log_window``: the losses since the
+    last metrics line, so a resumed run logs the same averages as an uninterrupted one."""
     optim_tensors, optim_meta = _optimizer_flat(optimizer)
     tensors = {
         **_prefixed("model", model.state_dict()),
@@ -67,6 +69,7 @@ def save_checkpoint(
         **_prefixed("optim", optim_tensors),
         **{f"rng/{k}": g.get_state() for k, g in generators.items()},
         "rng/torch_global": torch.get_rng_state(),
+        "log/window": torch.tensor(list(log_window or []), dtype=torch.float64),
     }
     meta = {"format": FORMAT, "step": step, "config": config, "optimizer": optim_meta}
     return save_safetensors(tensors, path, meta)
@@ -84,6 +87,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         "rng": _unprefixed("rng", tensors),
         "step": int(meta["step"]),
         "config": meta["config"],
+        "log_window": tensors["log/window"].tolist() if "log/window" in tensors else [],
     }
 
 

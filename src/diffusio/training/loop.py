@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from diffusio.io import remove_stale_temp, save_text
 from diffusio.models.base import Model
 from diffusio.training.checkpoint import load_checkpoint, save_checkpoint, save_model_file
 from diffusio.training.distributed import DistInfo
@@ -103,6 +104,7 @@ class Trainer:
         self.ema = EMA(self.net, config.ema_decay)
         self.generator = torch.Generator().manual_seed(config.seed)
         self.step = 0
+        self._window: list[float] = []  # losses since the last metrics line (saved with the checkpoint)
         self.train_model = self._train_model()
 
     def _train_model(self) -> Model:
@@ -160,6 +162,8 @@ class Trainer:
     # --- the loop ----------------------------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> dict:
         """Train until ``config.steps``; with ``resume`` continue from ``out_dir/checkpoint.safetensors``."""
+        if self.out is not None and self.dist.is_main:
+            remove_stale_temp(self.out)  # temp files of a save that was killed
         if resume:
             self.resume()
         bar = tqdm(
@@ -169,7 +173,7 @@ class Trainer:
             desc="train",
             dynamic_ncols=True,
         )
-        window: list[float] = []
+        window: list[float] = self._window
         t0 = time.perf_counter()
         last: dict = {}
         while self.step < self.cfg.steps:
@@ -186,7 +190,7 @@ class Trainer:
                 }
                 bar.set_postfix(loss=f"{last['loss']:.4f}")
                 self._log(last)
-                window = []
+                window.clear()
             if self.step % self.cfg.ckpt_every == 0 or self.step == self.cfg.steps:
                 self.save()
         bar.close()
@@ -215,6 +219,7 @@ class Trainer:
             generators={"train": self.generator},
             step=self.step,
             config=cfg,
+            log_window=self._window,
         )
         save_model_file(self.out / "model.safetensors", self.ema.state_dict(), cfg, self.step)
 
@@ -232,12 +237,35 @@ class Trainer:
         self.generator.set_state(ck["rng"]["train"])
         torch.set_rng_state(ck["rng"]["torch_global"])
         self.step = ck["step"]
+        self._window[:] = ck["log_window"]
         self._truncate_log()
+        model_file = self.out / "model.safetensors"
+        if self.dist.is_main and _file_step(model_file) != self.step:  # a save killed between the two files
+            save_model_file(model_file, ck["ema"], ck["config"], self.step)
 
     def _truncate_log(self) -> None:
         """Drop metric lines written after the checkpoint we resume from."""
         log = self.out / "metrics.jsonl" if self.out else None
         if log is None or not log.is_file() or not self.dist.is_main:
             return
-        keep = [ln for ln in log.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= self.step]
-        log.write_text("".join(ln + "\n" for ln in keep))
+        keep = [ln for ln in log.read_text().splitlines() if (_log_step(ln) or math.inf) <= self.step]
+        save_text("".join(ln + "\n" for ln in keep), log)
+
+
+def _log_step(line: str) -> int | None:
+    """The step of a metrics line, None for a torn or foreign line (a kill during the write)."""
+    try:
+        rec = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return rec.get("step") if isinstance(rec, dict) and isinstance(rec.get("step"), int) else None
+
+
+def _file_step(path: Path) -> int | None:
+    """The step stored in a model file's metadata (None if absent or unreadable)."""
+    from diffusio.io import read_safetensors_header
+
+    try:
+        return int(read_safetensors_header(path).get("__metadata__", {}).get("step"))
+    except (OSError, ValueError, TypeError):
+        return None
