@@ -84,6 +84,7 @@ def _matches(value, hint) -> bool:
 
 
 def check_value(where: str, value, hint) -> None:
+    """Raise :class:`ConfigError` naming ``where`` unless ``value`` (from YAML) fits the annotation ``hint``."""
     if not _matches(value, hint):
         raise ConfigError(f"{where} must be {_type_name(hint)}, got {value!r} ({type(value).__name__})")
 
