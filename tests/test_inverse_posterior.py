@@ -177,3 +177,16 @@ def test_ddrm_isotropic_gaussian_prior_posterior_mean():
     r = solve(ExactModel(prior, EDM()), MatrixOperator(A, 0.1), y.expand(4000, 8).contiguous(), "ddrm", generator=g)
     se = math.sqrt(float(post.covariance().trace()) / 4000)
     assert (r.x.mean(0) - post.mean()).norm() < 2 * se
+
+
+@pytest.mark.parametrize("twist", ["gaussian", "likelihood"])
+def test_smc_uninformative_likelihood_keeps_uniform_weights(twist):
+    """A = 0: mu_y is constant, so the weights stay uniform and the samples follow the prior."""
+    prior, _, _, _ = _gaussian_case(0.1)
+    op = MatrixOperator(torch.zeros(8, 16, dtype=F64), noise_std=0.1)
+    y = torch.randn(1, 8, generator=_gen(11), dtype=F64)
+    r = solve(ExactModel(prior, EDM()), op, y, "smc", particles=2000, steps=30, twist=twist, generator=_gen(12))
+    assert float(r.log_weights.max() - r.log_weights.min()) < 1e-9
+    assert r.info["resamples"] == 1  # only the final resample-move
+    se = math.sqrt(float(prior.covariance().trace()) / 2000)
+    assert (r.x[0].double() - prior.mean()).norm() < 4 * se
