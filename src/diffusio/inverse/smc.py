@@ -177,7 +177,7 @@ def solve_smc(
     y: Tensor,
     *,
     particles: int = 256,
-    steps: int = 100,
+    steps: int = 200,
     eta: float = 1.0,
     twist: str = "gaussian",
     analytic_var: bool = True,
@@ -202,7 +202,9 @@ def solve_smc(
     resampling. ``weights=False`` drops the weights (a
     negative control). Returns the weighted posterior mean ``(B, *in_shape)``; ``info`` has ``particles``
     ``(B, N, ...)``, ``log_weights`` ``(B, N)`` (normalised), the ESS before each step, resampling count and MALA
-    acceptance rates. Model calls: steps + 1 + two per MALA step.
+    acceptance rates. Model calls: steps + 1 + two per MALA step (default 200 steps: 621 calls). 200 steps
+    rather than 100: on the bimodal sigma_y = 0.1 bench cell 100 steps left the mode weights up to 3.4 standard
+    deviations off, 200 steps within 1.
     """
     if not isinstance(operator, LinearOperator) or not operator.noise_std > 0:
         raise ValueError("the SMC sampler needs a LinearOperator with noise_std > 0 (a Gaussian likelihood)")
