@@ -351,7 +351,7 @@ def plot(summary: list[dict], path) -> None:
                        and s["method"] == m and s["n"] == min(x["n"] for x in summary if x["method"] == m)]  # fmt: skip
                 v = hit[0][key] if hit and hit[0][key] is not None else np.nan
                 vals.append(v)
-            ax.bar(np.arange(len(cells)) + j * width, vals, width, label=m)
+            ax.bar(np.arange(len(cells)) + j * width, vals, width, label=m, color=plt.cm.tab20(j % 20))
         ax.axhline(1.0, color="k", lw=0.8)
         ax.axhline(1.5, color="k", lw=0.8, ls="--")
         ax.set_yscale("log")
