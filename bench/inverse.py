@@ -59,7 +59,7 @@ def exact_section(n: int, seed: int) -> list[dict]:
         gen = torch.Generator().manual_seed(seed)
         if method == "smc":
             r = solve(model, op, y, method, generator=gen, **opts)
-            xs, lw = r.info["particles"][0], r.info["log_weights"][0]
+            xs, lw = r.particles[0], r.log_weights[0]
         else:
             r = solve(model, op, y.expand(n, 1), method, generator=gen, **opts)
             xs, lw = r.x, None

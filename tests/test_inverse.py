@@ -76,8 +76,12 @@ def test_smc_converges_to_gmm_posterior():
     def errors(n, weights=True):
         out = []
         for seed in range(3):
-            r = solve(model, op, y, "smc", particles=n, steps=100, weights=weights, generator=_gen(seed))
-            mu, cov = _moments(r.info["particles"][0], r.info["log_weights"][0])
+            # pure SMC (no MALA rejuvenation): the estimator whose error must vanish as particles grow
+            control = {"final_mcmc": 0, "rejuvenate": "resample", "mcmc_steps": 0}
+            if not weights:
+                control["twist"] = "likelihood"
+            r = solve(model, op, y, "smc", particles=n, steps=100, weights=weights, generator=_gen(seed), **control)
+            mu, cov = _moments(r.particles[0], r.log_weights[0])
             out.append([(mu - post.mean()).norm(), (cov - post.covariance()).norm() / post.covariance().norm()])
         return torch.tensor(out).mean(0)
 
@@ -92,7 +96,7 @@ def test_smc_gaussian_prior_one_dimension():
     g = GaussianMixture(torch.zeros(1, 1), 0.5**0.5)
     op, y = MatrixOperator(torch.ones(1, 1, dtype=F64), noise_std=1.0), torch.tensor([[0.8]], dtype=F64)
     r = solve(ExactModel(g, LinearVP()), op, y, "smc", particles=8192, steps=100, data_var=0.5, generator=_gen(1))
-    mu, var = _moments(r.info["particles"][0], r.info["log_weights"][0])
+    mu, var = _moments(r.particles[0], r.log_weights[0])
     assert abs(float(mu) - 0.8 / 3) < 0.03 and abs(float(var) * 3 - 1) < 0.1
 
 

@@ -32,6 +32,7 @@ BENCHES = {
     "mup": "mup",
     "multitask": "multitask",
     "fuzz": "fuzz",
+    "posterior": "posterior",
 }
 
 

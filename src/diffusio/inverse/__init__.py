@@ -1,9 +1,10 @@
 """Inverse problems with diffusion priors: measurement operators, solvers and one front door.
 
 ``solve(model, operator, y, method="dps", steps=..., generator=..., **options)`` runs a registered method on a
-measurement ``y`` ``(B, *operator.out_shape)`` and returns an :class:`InverseResult` (reconstruction, model calls,
-method diagnostics). Methods: ``dps``, ``pigdm``, ``reddiff``, ``smc`` (AFDPS weighted particles), ``mbir``
-(DiffusionMBIR, one volume as a batch of slices), and the prior-free baseline ``pinv``.
+measurement ``y`` ``(B, *operator.out_shape)`` and returns an :class:`InverseResult` (posterior mean or sample,
+posterior samples, model calls, method diagnostics). Methods: ``smc`` (twisted SMC with weighted particles, exact as
+the particle count grows; AFDPS's variants as options), ``dps``, ``pigdm``, ``ddrm``, ``reddiff`` (a point
+estimate), ``mbir`` (DiffusionMBIR, one volume as a batch of slices), and the prior-free baseline ``pinv``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from diffusio.inverse.exact import gmm_posterior
+from diffusio.inverse.ddrm import operator_svd, solve_ddrm
+from diffusio.inverse.exact import gmm_posterior, prior_moments
 from diffusio.inverse.guided import DPSGuidance, PiGDMGuidance, solve_dps, solve_pigdm
 from diffusio.inverse.mbir import admm_tv_step, diff_z, diff_z_adjoint, solve_mbir
 from diffusio.inverse.operators import (
@@ -61,8 +63,11 @@ __all__ = [
     "diff_z_adjoint",
     "gmm_posterior",
     "limited_angle_ct",
+    "operator_svd",
+    "prior_moments",
     "random_mask",
     "solve",
+    "solve_ddrm",
     "solve_dps",
     "solve_mbir",
     "solve_pigdm",
@@ -88,6 +93,7 @@ class Method:
     fn: Callable[..., tuple[Tensor, dict]]
     linear_only: bool
     summary: str
+    kind: str = "sampler"
 
     def options(self) -> list[str]:
         skip = {"model", "operator", "y"}
@@ -97,26 +103,39 @@ class Method:
 METHODS: dict[str, Method] = {
     m.name: m
     for m in (
+        Method("smc", solve_smc, True, "twisted SMC, exact as particles grow (AFDPS family as an option)", "weighted"),
         Method("dps", solve_dps, False, "diffusion posterior sampling (Chung et al. 2023)"),
         Method("pigdm", solve_pigdm, True, "pseudoinverse-guided DDIM (Song et al. 2023)"),
-        Method("reddiff", solve_reddiff, False, "RED-Diff variational optimisation (Mardani et al. 2023)"),
-        Method("smc", solve_smc, True, "approximation-free weighted-particle sampler (AFDPS, Chen et al. 2025)"),
+        Method("ddrm", solve_ddrm, True, "denoising diffusion restoration in the SVD basis (Kawar et al. 2022)"),
+        Method("reddiff", solve_reddiff, False, "RED-Diff variational optimisation (Mardani et al. 2023)", "point"),
         Method("mbir", solve_mbir, True, "DiffusionMBIR: 2-D prior per slice + TV along z (Chung et al. 2023)"),
-        Method("pinv", solve_pinv, True, "pseudo-inverse A^+ y, no prior"),
+        Method("pinv", solve_pinv, True, "pseudo-inverse A^+ y, no prior", "point"),
     )
 }
 
 
 @dataclass
 class InverseResult:
-    """Output of :func:`solve`: reconstruction ``x`` ``(B, *in_shape)``, model calls ``nfe`` (batched calls),
-    the method name, its options and diagnostics ``info``."""
+    """Output of :func:`solve`.
+
+    - ``x`` ``(B, *in_shape)``: the posterior mean for weighted methods (``smc``), one posterior sample per
+      measurement for samplers (``dps``, ``pigdm``, ``ddrm``, ``mbir``), the point estimate for optimisers
+      (``reddiff``: a MAP-like estimate, not a sample) and ``pinv``;
+    - ``samples`` ``(B, N, *in_shape)``: equally weighted posterior samples (N = particles after a final
+      systematic resampling for ``smc``; N = 1, the sample itself, for the other samplers; None for point
+      estimates); ``particles`` ``(B, N, ...)`` and normalised ``log_weights`` ``(B, N)`` for weighted methods;
+    - ``kind``: ``"weighted"``, ``"sampler"`` or ``"point"``; ``nfe``: batched model calls; ``info``: diagnostics.
+    """
 
     x: Tensor
     nfe: int
     method: str
     options: dict = field(default_factory=dict)
     info: dict = field(default_factory=dict)
+    samples: Tensor | None = None
+    particles: Tensor | None = None
+    log_weights: Tensor | None = None
+    kind: str = "sampler"
 
 
 def solve(model: ModelBase, operator: Operator, y: Tensor, method: str = "dps", **options) -> InverseResult:
@@ -147,4 +166,10 @@ def solve(model: ModelBase, operator: Operator, y: Tensor, method: str = "dps", 
     if not bool(torch.isfinite(x).all()):
         raise NonFiniteError(counted.describe("the reconstruction", None, final=True))
     shown = {k: v for k, v in options.items() if not isinstance(v, torch.Generator | Tensor)}
-    return InverseResult(x.detach(), counted.calls, method, shown, info)
+    x = x.detach()
+    samples = particles = log_weights = None
+    if spec.kind == "weighted":
+        samples, particles, log_weights = info.pop("samples"), info.pop("particles"), info.pop("log_weights")
+    elif spec.kind == "sampler":
+        samples = x[:, None]
+    return InverseResult(x, counted.calls, method, shown, info, samples, particles, log_weights, spec.kind)

@@ -14,8 +14,9 @@ import torch
 from torch import Tensor
 
 from diffusio.data.gmm import GaussianMixture
+from diffusio.models.base import ModelBase
 
-__all__ = ["component_covariances", "gmm_posterior"]
+__all__ = ["component_covariances", "gmm_posterior", "prior_moments"]
 
 
 def component_covariances(mixture: GaussianMixture) -> Tensor:
@@ -49,3 +50,24 @@ def gmm_posterior(mixture: GaussianMixture, A: Tensor, y: Tensor, noise_std: flo
     logw = mixture.log_weights + log_ev
     weights = torch.softmax(logw, 0).clamp(min=1e-300)
     return GaussianMixture(means.reshape(mixture.K, *mixture.event_shape), covs, weights)
+
+
+def prior_moments(
+    model: ModelBase, data_var: float | None = None, data_mean: float | None = None
+) -> tuple[float, float]:
+    """Per-pixel prior variance and mean for methods that use a Gaussian approximation of the prior (PiGDM, SMC,
+    moment matching): the values given, else the exact ones of an :class:`~diffusio.models.ExactModel` (found
+    through wrappers: mean of the mixture's per-coordinate variances, mean of its mean), else 1 and 0."""
+    inner = model
+    while not hasattr(inner, "mixture") and hasattr(inner, "inner"):
+        inner = inner.inner
+    mixture = getattr(inner, "mixture", None)
+    if data_var is None:
+        data_var = float(mixture.covariance().diagonal().mean()) if mixture is not None else 1.0
+    if data_mean is None:
+        data_mean = float(mixture.mean().mean()) if mixture is not None else 0.0
+    if not (math.isfinite(data_var) and data_var > 0):
+        raise ValueError(f"data_var must be a finite number > 0 (per-pixel variance of the data); got {data_var}")
+    if not math.isfinite(data_mean):
+        raise ValueError(f"data_mean must be finite; got {data_mean}")
+    return float(data_var), float(data_mean)

@@ -9,14 +9,18 @@ own loop (ancestral step, then a gradient step on the residual norm), ``solve_pi
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
 from diffusio.core.parametrization import convert
-from diffusio.core.time import broadcast, coeffs, time_batch
+from diffusio.core.time import broadcast, time_batch
 from diffusio.core.timesteps import get_timesteps
+from diffusio.inverse.exact import prior_moments
 from diffusio.inverse.operators import LinearOperator, Operator
 from diffusio.models.base import ModelBase, ModelWrapper
+from diffusio.samplers.kernels import ancestral_update
 from diffusio.samplers.ode import sample_ddim
 
 __all__ = ["DPSGuidance", "PiGDMGuidance", "solve_dps", "solve_pigdm"]
@@ -107,6 +111,7 @@ def solve_dps(
     *,
     steps: int = 1000,
     scale: float = 1.0,
+    step_rule: str = "noise",
     grid: str = "uniform",
     clip: tuple[float, float] | None = None,
     generator: torch.Generator | None = None,
@@ -114,23 +119,35 @@ def solve_dps(
 ) -> tuple[Tensor, dict]:
     """Diffusion posterior sampling (Chung et al. 2023, Alg. 1) on any path.
 
-    Each step: x0_hat(x_t) with autograd; ancestral step x'_s ~ q(x_s | x_t, x0_hat) (x0_hat clipped to ``clip``
-    for this mean only, as the official code does); x_s = x'_s - scale * grad_{x_t} ||y - A(x0_hat)||.
-    The norm is taken per sample (the official code takes one norm over the batch, coupling samples).
-    One model call (with a backward pass) per step. Returns the last state ``(B, *in_shape)``.
+    Each step: x0_hat(x_t) with autograd; ancestral step x'_s ~ q(x_s | x_t, x0_hat)
+    (:func:`~diffusio.samplers.kernels.ancestral_update`; x0_hat clipped to ``clip`` for this mean only, as the
+    official code does); x_s = x'_s - zeta_t grad_{x_t} ||y - A(x0_hat)||.
+
+    ``step_rule="paper"``: zeta_t = ``scale`` (the official code's ``scale``, i.e. the paper's zeta' / ||r|| rule on
+    the squared norm). ``step_rule="noise"`` (default): zeta_t = ``scale`` max(0, 1 - sigma_y sqrt(m) / ||r||), the
+    same step shrunk by the share of the residual that the measurement noise explains (m = entries of y; Morozov's
+    discrepancy principle): the paper's rule pushes the residual to zero and overshoots a noisy measurement, this
+    one stops at the noise level; for noise_std = 0 the two agree. The norm is taken per sample (the official code
+    takes one norm over the batch, coupling samples). One model call (with a backward pass) per step. Returns the
+    last state ``(B, *in_shape)`` (one posterior sample per measurement).
     """
+    if step_rule not in ("noise", "paper"):
+        raise ValueError(f"step_rule must be 'noise' or 'paper'; got {step_rule!r}")
+    if not (isinstance(scale, int | float) and scale >= 0):
+        raise ValueError(f"scale must be a number >= 0; got {scale!r}")
     path = model.path
     ts = get_timesteps(path, steps, grid)
     x = _prior(path, operator, y, generator) if x_init is None else x_init
+    noise_norm = operator.noise_std * math.sqrt(math.prod(operator.out_shape))
     norms = []
     for i in range(steps):
-        ct, cs = coeffs(path, ts[i]), coeffs(path, ts[i + 1])
         x0, norm, grad = _residual_norm_grad(model, operator, y, x, time_batch(ts[i], x).to(x.dtype), {})
         x0m = x0 if clip is None else x0.clamp(*clip)
-        d = 2 * (ct.lam - cs.lam)  # ancestral coefficients from lambda (no cancellation)
-        mean = float(torch.exp(d) * cs.alpha / ct.alpha) * x + float(-cs.alpha * torch.expm1(d)) * x0m
         z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        x = (mean + float(cs.sigma * torch.sqrt(-torch.expm1(d))) * z - scale * grad).detach()
+        zeta = torch.full_like(norm, float(scale))
+        if step_rule == "noise" and noise_norm > 0:
+            zeta = scale * (1 - noise_norm / norm.clamp(min=1e-30)).clamp(min=0)
+        x = (ancestral_update(path, x, x0m, ts[i], ts[i + 1], z) - broadcast(zeta, x) * grad).detach()
         norms.append(float(norm.mean()))
     return x, {"residual_norm": norms}
 
@@ -143,14 +160,16 @@ def solve_pigdm(
     steps: int = 100,
     weight: float = 1.0,
     eta: float = 1.0,
-    data_var: float = 1.0,
+    data_var: float | None = None,
     grid: str = "logsnr",
     generator: torch.Generator | None = None,
     x_init: Tensor | None = None,
 ) -> tuple[Tensor, dict]:
     """PiGDM (Song et al. 2023, Alg. 1): DDIM with ``eta`` on the :class:`PiGDMGuidance` wrapper (one model call
-    with a backward pass per step). Returns the last state ``(B, *in_shape)``."""
+    with a backward pass per step). ``data_var``: the per-pixel data variance in r_t^2 (default: the exact
+    model's when known, else 1). Returns the last state ``(B, *in_shape)``."""
     path = model.path
+    data_var, _ = prior_moments(model, data_var)
     guided = PiGDMGuidance(model, operator, y, weight, data_var)
     ts = get_timesteps(path, steps, grid)
     x = _prior(path, operator, y, generator) if x_init is None else x_init

@@ -18,6 +18,7 @@ from diffusio.core.time import coeffs, time_batch
 from diffusio.core.timesteps import get_timesteps
 from diffusio.inverse.operators import LinearOperator, conjugate_gradient
 from diffusio.models.base import ModelBase
+from diffusio.samplers.kernels import ancestral_update
 
 __all__ = ["admm_tv_step", "diff_z", "diff_z_adjoint", "soft_threshold", "solve_mbir"]
 
@@ -105,10 +106,11 @@ def solve_mbir(
     x = path.prior_sample((y.shape[0], *operator.in_shape), generator=generator, device=y.device, dtype=y.dtype)
     z = u = torch.zeros_like(diff_z(x, periodic))
     for i in range(steps):
-        ct, cs = coeffs(path, ts[i]), coeffs(path, ts[i + 1])
+        cs = coeffs(path, ts[i + 1])
         with torch.no_grad():
             x0 = model.predict(x, time_batch(ts[i], x), "x0").to(x.dtype)
-            x = _ancestral(x, x0, ct, cs, generator)
+            z_noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            x = ancestral_update(path, x, x0, ts[i], ts[i + 1], z_noise)
             if corrector and i < steps - 1:
                 x = _langevin(model, x, ts[i + 1], snr, generator)
         a = float(cs.alpha)
@@ -119,14 +121,6 @@ def solve_mbir(
             )
         x = a * v
     return x, {"tv_z": float(diff_z(x, periodic).abs().sum())}
-
-
-def _ancestral(x: Tensor, x0: Tensor, ct, cs, generator) -> Tensor:
-    """x_s ~ q(x_s | x_t, x0) (reverse-diffusion predictor)."""
-    d = 2 * (ct.lam - cs.lam)
-    z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-    mean = float(torch.exp(d) * cs.alpha / ct.alpha) * x + float(-cs.alpha * torch.expm1(d)) * x0
-    return mean + float(cs.sigma * torch.sqrt(-torch.expm1(d))) * z
 
 
 def _langevin(model: ModelBase, x: Tensor, t: Tensor, snr: float, generator) -> Tensor:

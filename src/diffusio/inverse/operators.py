@@ -170,28 +170,38 @@ class LinearOperator(Operator):
 
 
 class MatrixOperator(LinearOperator):
-    """y = A x for vectors: ``A`` ``(m, d)``, ``x`` ``(B, d)`` -> ``(B, m)``. The test bed for exact posteriors."""
+    """y = A x for vectors: ``A`` ``(m, d)``, ``x`` ``(B, d)`` -> ``(B, m)``. The test bed for exact posteriors.
 
-    def __init__(self, A: Tensor, noise_std: float = 0.0):
+    ``in_shape``: the shape of one x when it is not a vector (e.g. ``(1, 4, 4)``; A acts on the flattened x).
+    """
+
+    def __init__(self, A: Tensor, noise_std: float = 0.0, in_shape: tuple[int, ...] | None = None):
         A = torch.as_tensor(A)
         if A.ndim != 2:
             raise ValueError(f"A must be a matrix (m, d); got shape {tuple(A.shape)}")
-        super().__init__((A.shape[1],), (A.shape[0],), noise_std)
+        in_shape = (A.shape[1],) if in_shape is None else tuple(int(s) for s in in_shape)
+        if math.prod(in_shape) != A.shape[1]:
+            raise ValueError(f"in_shape {in_shape} must hold A's {A.shape[1]} columns")
+        super().__init__(in_shape, (A.shape[0],), noise_std)
         self.A = A
 
     def _forward(self, x: Tensor) -> Tensor:
-        return x @ self.A.to(x).T
+        return x.flatten(1) @ self.A.to(x).T
 
     def _adjoint(self, y: Tensor) -> Tensor:
-        return y @ self.A.to(y)
+        return (y @ self.A.to(y)).reshape(y.shape[0], *self.in_shape)
 
     def pinv(self, y: Tensor) -> Tensor:
         self.check_y(y)
-        return y @ torch.linalg.pinv(self.A.double()).to(y).T
+        return (y @ torch.linalg.pinv(self.A.double()).to(y).T).reshape(y.shape[0], *self.in_shape)
 
     def solve_aat(self, b: Tensor, r2, s2: float) -> Tensor:
         A = self.A.double().to(b.device)
-        r2 = torch.as_tensor(r2, dtype=torch.float64, device=b.device).expand(b.shape[0])
+        r2 = torch.as_tensor(r2, dtype=torch.float64, device=b.device)
+        if r2.ndim == 0:  # one system for the whole batch
+            M = r2 * (A @ A.T) + s2 * torch.eye(A.shape[0], dtype=torch.float64, device=b.device)
+            return torch.linalg.solve(M, b.double().T).T.to(b.dtype)
+        r2 = r2.expand(b.shape[0])
         M = r2[:, None, None] * (A @ A.T) + s2 * torch.eye(A.shape[0], dtype=torch.float64, device=b.device)
         return torch.linalg.solve(M, b.double()).to(b.dtype)
 
