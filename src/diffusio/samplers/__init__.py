@@ -228,6 +228,7 @@ def sample(
     generator: torch.Generator | None = None,
     denoise: bool = False,
     callback: Callback | None = None,
+    plan=None,
     **options,
 ) -> SampleResult:
     """Sample ``model`` with a registered solver: the front door.
@@ -236,7 +237,11 @@ def sample(
     ``grid`` is a grid name (``uniform``, ``logsnr``, ``karras``, ``quadratic``; default: the solver's) or a
     decreasing tensor of times. ``denoise=True`` returns the x0 prediction at the last time (one more call).
     Solver ``options`` (e.g. ``eta``, ``churn``) are checked against the solver's signature.
+    ``plan``: a tuned recipe from ``diffusio.autotune`` (its solver, steps, grid and options replace those arguments).
     """
+    if plan is not None:
+        kw = {"shape": shape, "cond": cond, "generator": generator, "denoise": denoise, "callback": callback}
+        return sample(model, x, **kw, **plan.kwargs(model), **options)
     spec = get_solver(solver)
     unknown = sorted(set(options) - set(spec.options()))
     if unknown:
