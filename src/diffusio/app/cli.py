@@ -110,6 +110,10 @@ def _cmd_sample(args) -> int:
     opts = dict(_parse_opts(args.opt))
     if cfg.get("family", "diffusion") != "diffusion":  # interpolants, flow maps, mean-reverting restoration
         return _sample_family(model, cfg, args, opts)
+    if args.solver == "auto":  # autotuned solver and grid for --nfe calls (app/tune_cli.py)
+        from diffusio.app.tune_cli import sample_auto
+
+        return sample_auto(model, cfg, args, opts)
     x, nfe = generate(
         model,
         tuple(cfg["data_shape"]),
@@ -234,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--class", dest="class_", type=int, help="sample one class of a class-conditional model")
     s.add_argument("--opt", action="append", help="solver option NAME=VALUE (e.g. eta=0.5), repeatable")
     s.add_argument("--device", default=None)
+    s.add_argument("--nfe", type=int, help="with --solver auto: the budget of model calls per sample")
     s.set_defaults(fn=_cmd_sample)
 
     e = sub.add_parser("eval", help="metrics of a sample file against its data set")
@@ -248,6 +253,10 @@ def build_parser() -> argparse.ArgumentParser:
     from diffusio.app.inverse_cli import add_inverse_parser
 
     add_inverse_parser(sub)
+
+    from diffusio.app.tune_cli import add_tune_parser
+
+    add_tune_parser(sub)
 
     b = sub.add_parser("bench", help="benchmarks (write JSON, markdown and a plot to bench/results/)")
     b.add_argument("name", choices=sorted(BENCHES))

@@ -182,6 +182,7 @@ def autotune(
     cond: dict | None = None,
     data_cond: dict | None = None,
     statistics_options: dict | None = None,
+    statistics: object | None = None,
     cache: bool = True,
     progress: bool = True,
 ) -> Plan:
@@ -230,14 +231,14 @@ def autotune(
         stats=statistics_options,
     )  # fmt: skip
     f_cache = cache_dir("autotune") / f"{fp[:20]}-nfe{nfe}-{_cache_key(fp, nfe, settings)}.json"
-    stats = None
-    if data is not None and any("statistics" in SOLVERS[s].needs for s in fits):
+    stats = statistics
+    if stats is None and data is not None and any("statistics" in SOLVERS[s].needs for s in fits):
         so = {"n_grid": 60, "batch_size": 256, "exact_below": 8, "probes": 2, "progress": progress}
         so.update(statistics_options or {})
         k = int(so.pop("samples", 512))
         sc = None if data_cond is None else {name: v[:k] for name, v in data_cond.items()}
         stats = statistics_for(model, data[:k], cond=sc, generator=torch.Generator().manual_seed(2), **so)
-    if cache and f_cache.is_file() and cond is None:
+    if cache and f_cache.is_file() and cond is None and statistics is None:
         plan = Plan.from_json(json.loads(f_cache.read_text()))
         if plan.fingerprint == fp:
             plan.statistics = stats
@@ -309,6 +310,6 @@ def autotune(
     )
     if plan.nfe > nfe:  # guarded by construction; kept as a hard check
         raise RuntimeError(f"autotune chose {plan.nfe} calls for a budget of {nfe}")
-    if cache and cond is None:
+    if cache and cond is None and statistics is None:
         save_json(plan.to_json(), f_cache)
     return plan

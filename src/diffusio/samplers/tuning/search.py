@@ -149,6 +149,7 @@ class Fitness:
     options: dict = field(default_factory=dict)
     calls: int = 0
     evaluations: int = 0
+    rejected: list[str] = field(default_factory=list)
 
     def __post_init__(self):
         if (self.ref is None) == (self.data is None):
@@ -164,7 +165,13 @@ class Fitness:
         return res.x
 
     def __call__(self, ts: Tensor) -> float:
-        y = self.samples(ts)
+        """The grid's score; inf for a grid the solver rejects (e.g. DPM-Solver-v3 times that collide on its
+        statistics grid), with the reason kept in ``rejected``."""
+        try:
+            y = self.samples(ts)
+        except ValueError as err:
+            self.rejected.append(str(err).splitlines()[0])
+            return math.inf
         if self.ref is not None:
             return rms_error(y, self.ref)
         return sliced_w2(y, self.data[: len(y)])
