@@ -89,8 +89,9 @@ def sample_auto(model, cfg: dict, args, opts: dict) -> int:
         model, tuple(cfg["data_shape"]), args.n, solver=plan.solver, steps=plan.steps, grid=plan.grid,
         seed=args.seed, batch_size=args.batch_size, labels=_labels(cfg, args.n, args.class_), progress=True, **extra,
     )  # fmt: skip
-    meta = {"solver": plan.solver, "steps": plan.steps, "nfe": nfe, "grid": [float(t) for t in plan.grid],
-            "autotune": {"budget": args.nfe, "grid_source": plan.grid_source, "error": plan.error}, "seed": args.seed}  # fmt: skip
+    tuned = {"budget": args.nfe, "grid_source": plan.grid_source, "error": plan.error}
+    grid = [float(t) for t in plan.grid]
+    meta = {"solver": plan.solver, "steps": plan.steps, "nfe": nfe, "grid": grid, "autotune": tuned, "seed": args.seed}
     for f in save_samples(x, Path(args.out), cfg, meta):
         print(f"wrote {f}")
     print(f"{args.n} samples with {plan.solver} on its tuned grid ({plan.grid_source}), {nfe} model calls each")
