@@ -113,7 +113,7 @@ def _cmd_sample(args) -> int:
     if args.solver == "auto":  # autotuned solver and grid for --nfe calls (app/tune_cli.py)
         from diffusio.app.tune_cli import sample_auto
 
-        return sample_auto(model, cfg, args, opts)
+        return sample_auto(model, cfg, args, opts, _labels(cfg, args.n, args.class_), save_samples)
     x, nfe = generate(
         model,
         tuple(cfg["data_shape"]),

@@ -74,9 +74,9 @@ def _cmd_tune(args) -> int:
     return 0
 
 
-def sample_auto(model, cfg: dict, args, opts: dict) -> int:
-    """``diffusio sample --solver auto --nfe N``: sample with the autotuned plan."""
-    from diffusio.app.cli import _labels, save_samples
+def sample_auto(model, cfg: dict, args, opts: dict, labels, save_samples) -> int:
+    """``diffusio sample --solver auto --nfe N``: sample with the autotuned plan (``labels`` and ``save_samples``
+    come from the CLI's sample command)."""
     from diffusio.app.evaluation import generate
 
     if args.nfe is None:
@@ -87,7 +87,7 @@ def sample_auto(model, cfg: dict, args, opts: dict) -> int:
     extra = {k: v for k, v in plan.kwargs(model).items() if k not in ("solver", "steps", "grid")}
     x, nfe = generate(
         model, tuple(cfg["data_shape"]), args.n, solver=plan.solver, steps=plan.steps, grid=plan.grid,
-        seed=args.seed, batch_size=args.batch_size, labels=_labels(cfg, args.n, args.class_), progress=True, **extra,
+        seed=args.seed, batch_size=args.batch_size, labels=labels, progress=True, **extra,
     )  # fmt: skip
     tuned = {"budget": args.nfe, "grid_source": plan.grid_source, "error": plan.error}
     grid = [float(t) for t in plan.grid]
