@@ -113,10 +113,11 @@ def digits_model(run_dir: str = DIGITS_RUN, progress=print):
     return load_model(f)
 
 
-def digits_problem(batch: int, progress=print) -> Problem:
+def digits_problem(batch: int, progress=print, ckpt: str | None = None) -> Problem:
+    from diffusio.app.config import load_model
     from diffusio.data.digits import load_digits
 
-    edm, cfg = digits_model(progress=progress)
+    edm, cfg = digits_model(progress=progress) if ckpt is None else load_model(ckpt)
     model = reschedule(edm, DiscreteDDPM())
     data, labels = load_digits(**{k: v for k, v in cfg["data"].items() if k != "name"})
     perm = torch.randperm(len(data), generator=torch.Generator().manual_seed(1))
@@ -389,7 +390,7 @@ def autotune_rows(prob: Problem, nfes, ref: Tensor, n: int, gen, stats, progress
     return row, plans
 
 
-def bench_problem(prob: Problem, nfes, progress=print, autotune_n: int = 128) -> dict:
+def bench_problem(prob: Problem, nfes, progress=print, autotune_n: int = 128, autotune_nfes=None) -> dict:
     """All solvers and peers on one problem; returns rows {label: {nfe: {error, sliced_w2, seconds}}} and pairs."""
     t0 = time.time()
     ref = reference(prob.model, prob.x.double(), prob.rtol, prob.rtol, prob.cond)
@@ -441,7 +442,7 @@ def bench_problem(prob: Problem, nfes, progress=print, autotune_n: int = 128) ->
             rows[label][nfe] = {"error": _rms(y, ref), "sliced_w2": w2, "seconds": time.time() - t0}
     progress(f"[{prob.name}] {len(runs)} solver rows in {time.time() - t_all:.1f}s")
     if autotune_n:
-        rows["autotune:plan"], plans = autotune_rows(prob, nfes, ref, autotune_n, gen, stats, progress)
+        rows["autotune:plan"], plans = autotune_rows(prob, autotune_nfes or nfes, ref, autotune_n, gen, stats, progress)
     else:
         plans = {}
     with torch.no_grad():
@@ -685,6 +686,8 @@ def main(argv: list[str] | None = None) -> int:
         "--models", nargs="+", default=["ring2d", "gmm64", "ring2d_edm", "gmm64_edm", "digits"], help="which models"
     )
     parser.add_argument("--autotune-n", type=int, default=128, help="autotune's noise samples (0: no autotune rows)")
+    parser.add_argument("--autotune-nfe", type=int, nargs="+", help="budgets with an autotune row (default: all)")
+    parser.add_argument("--digits-ckpt", help="a trained digits checkpoint to use instead of the cached bundled one")
     parser.add_argument(
         "--merge", nargs="+", help="solvers.json files of earlier runs (e.g. one per model): merge, report, exit"
     )
@@ -704,14 +707,15 @@ def main(argv: list[str] | None = None) -> int:
         "gmm64": lambda: mixture_problem("gmm64", gmm64(), args.batch),
         "ring2d_edm": lambda: mixture_problem("ring2d_edm", ring2d(), args.batch, EDM()),
         "gmm64_edm": lambda: mixture_problem("gmm64_edm", gmm64(), args.batch, EDM()),
-        "digits": lambda: digits_problem(args.digits_batch),
+        "digits": lambda: digits_problem(args.digits_batch, ckpt=args.digits_ckpt),
     }
     for name in args.models:
         if name not in makers:
             raise SystemExit(f"unknown model {name!r}; valid: {', '.join(makers)}")
         prob = makers[name]()
         n_at = min(args.autotune_n, len(prob.x))
-        results["models"][name] = bench_problem(prob, nfes, progress=_flushing(print), autotune_n=n_at)
+        at_nfes = tuple(args.autotune_nfe or nfes)
+        results["models"][name] = bench_problem(prob, nfes, _flushing(print), n_at, at_nfes)
     return _report(results, nfes, args.out)
 
 

@@ -247,3 +247,37 @@ def test_autotune_errors(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="another model"):
         sample(other, torch.randn(4, 2), plan=plan)
     assert isinstance(Plan.from_json(plan.to_json()), Plan)
+
+
+def test_cli_tune_and_sample_auto(tmp_path, monkeypatch, capsys):
+    import yaml
+
+    from diffusio.app.cli import main
+
+    monkeypatch.setenv("DIFFUSIO_CACHE", str(tmp_path / "cache"))
+    cfg = {
+        "data": {"name": "toy", "dataset": "rings"},
+        "path": {"name": "vp_linear"},
+        "net": {"name": "mlp", "hidden": 32, "depth": 2, "time_dim": 16},
+        "model": {"prediction": "eps"},
+        "loss": {"target": "eps"},
+        "train": {"steps": 4, "batch_size": 32, "log_every": 2, "ckpt_every": 4, "progress": False},
+    }
+    (tmp_path / "t.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["train", str(tmp_path / "t.yaml"), "--out", str(tmp_path / "run")]) == 0
+    ckpt = str(tmp_path / "run" / "model.safetensors")
+    args = ["tune", ckpt, "--nfe", "3,4", "--n", "16", "--solvers", "ddim,dpmpp_2m", "--save", "rings"]
+    args += ["--max-evals", "4", "--dp-lattice", "6"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "== nfe = 3 ==" in out and "chosen:" in out and "dpmpp_2m" in out
+    assert load_grid("rings-nfe4").steps <= 4
+    assert main(["tune", ckpt, "--nfe", "0", "--solvers", "ddim"]) == 2
+    assert "below the cheapest" in capsys.readouterr().err
+    assert main(["sample", ckpt, "--solver", "auto", "--n", "8", "--out", str(tmp_path / "s.npz")]) == 2
+    assert "--nfe" in capsys.readouterr().err
+    # sample --solver auto reuses the plan tune cached for this model and budget
+    assert main(["sample", ckpt, "--solver", "auto", "--nfe", "3", "--n", "8", "--out", str(tmp_path / "s.npz")]) == 0
+    out = capsys.readouterr().out
+    assert "model calls each" in out and (tmp_path / "s.npz").is_file()
+    assert int(out.split("model calls each")[0].split(",")[-1]) <= 3

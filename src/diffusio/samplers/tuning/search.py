@@ -34,7 +34,7 @@ from diffusio.core.timesteps import check_grid, get_timesteps
 from diffusio.models.base import CountingModel, ModelBase
 from diffusio.samplers import get_solver, sample
 from diffusio.samplers.adaptive import odeint
-from diffusio.samplers.kernels import ddim_update, predict_x0
+from diffusio.samplers.kernels import predict_x0
 
 __all__ = [
     "Fitness",
@@ -367,13 +367,17 @@ def dp_search(
     counted = CountingModel(model)
     m = lattice + 1
     cost = torch.full((m, m), math.inf, dtype=_F64)
+    # DDIM from lattice point i to every j > i at once (the deterministic step of kernels.ddim_update, Song et al.
+    # 2021, Eq. 12, vectorised over the destinations): y_j = (sigma_j / sigma_i) x_i - alpha_j expm1(lam_i - lam_j) x0
+    alpha, sigma, lam = path.alpha(ts_lat), path.sigma(ts_lat), path.log_snr(ts_lat)
+    flat = states.reshape(m, states.shape[1], -1)
     with torch.no_grad():
         for i in tqdm(range(m - 1), desc=f"DP search cost table ({steps} steps)", disable=not progress):
-            xi = states[i].to(x.dtype)
-            x0 = predict_x0(counted, xi, ts_lat[i], cond)
-            for j in range(i + 1, m):
-                y = ddim_update(path, xi, x0, ts_lat[i], ts_lat[j])
-                cost[i, j] = rms_error(y, states[j])
+            x0 = predict_x0(counted, states[i].to(x.dtype), ts_lat[i], cond).to(_F64).reshape(flat.shape[1:])
+            a = (sigma[i + 1 :] / sigma[i])[:, None, None]
+            b = (alpha[i + 1 :] * torch.expm1(lam[i] - lam[i + 1 :]))[:, None, None]
+            y = a * flat[i] - b * x0
+            cost[i, i + 1 :] = (y - flat[i + 1 :]).pow(2).sum(-1).mean(-1).sqrt()
     big = math.inf
     D = torch.full((steps + 1, m), big, dtype=_F64)
     arg = torch.zeros((steps + 1, m), dtype=torch.long)
