@@ -24,6 +24,7 @@ BENCHES = {
     "flowmap": "flowmap",
     "pfgmpp": "pfgmpp",
     "interpolants": "interpolants",
+    "dmcmc": "dmcmc",
 }
 
 
