@@ -93,8 +93,8 @@ def markdown(res: dict) -> str:
         "Exact mixtures on the EDM path (sigma 80 to 0.002); level update from the exact noise-level posterior",
         "(the trained classifier is not used here). Sliced W2 to fresh data; calls per sample = Langevin sweeps + Heun",
         "calls. Excluded, as in Kim & Ye 2023 where chains persist across outputs: the initialisation (one 20-call",
-        "Heun solve, re-noised by 0.5) and the burn-in sweeps. Outputs at 10, 20, 40 calls are consecutive windows of the",
-        "same chains. Reproduce: `diffusio bench dmcmc`.",
+        "Heun solve, re-noised by 0.5) and the burn-in sweeps. Outputs at 10, 20, 40 calls are consecutive windows of",
+        "the same chains. Reproduce: `diffusio bench dmcmc`.",
         "",
         "| model | calls | Heun from sigma_max | DLG + Heun | fixed level + Heun | DLG / Heun | median sigma_min"
         " | floor |",
