@@ -14,6 +14,7 @@ markdown and a PNG to ``--out`` (default bench/results)."""
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import time
@@ -24,7 +25,7 @@ import torch
 from torch import Tensor
 
 from bench.peers import load_diffusers, load_k_diffusion_sampling
-from diffusio.core.paths import DiscreteDDPM
+from diffusio.core.paths import EDM, DiscreteDDPM
 from diffusio.core.timesteps import get_timesteps
 from diffusio.data import GaussianMixture
 from diffusio.io import cache_dir, save_json
@@ -33,12 +34,14 @@ from diffusio.models.adapters import reschedule, to_diffusers, to_k_diffusion
 from diffusio.models.base import CountingModel
 from diffusio.samplers import SOLVERS, odeint, sample
 from diffusio.samplers.dpm_v3 import estimate_statistics
+from diffusio.samplers.tuning import autotune
 
 NFES = (4, 5, 6, 8, 10, 15, 20)
 GRIDS = ("logsnr", "karras", "quadratic")
 DIGITS_RUN = str(cache_dir("bench", "digits"))
 AGREEMENT = 0.02  # same algorithm, same grid: errors within 2%
 TARGET_NFES = (5, 10)  # budgets at which diffusio's best solver must beat every peer's best
+AUTOTUNE_TARGET = 0.7  # autotune's error / the best peer's at TARGET_NFES
 
 # a runner maps (x, nfe) to (samples, model calls, the grid it used), or None if the budget does not fit
 Runner = Callable[[Tensor, int], "tuple[Tensor, int, Tensor | None] | None"]
@@ -82,11 +85,13 @@ def gmm64() -> GaussianMixture:
     return GaussianMixture(means, stds, weights=torch.rand(10, generator=gen, dtype=torch.float64) + 0.5)
 
 
-def mixture_problem(name: str, mix: GaussianMixture, batch: int) -> Problem:
-    path = DiscreteDDPM()
+def mixture_problem(name: str, mix: GaussianMixture, batch: int, path=None) -> Problem:
+    """A mixture on the DDPM table (default) or another path (``EDM()``: sigma from 80 to 0.002, t = sigma)."""
+    path = DiscreteDDPM() if path is None else path
     data = mix.sample(max(batch, 1024), generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     x = path.prior_sample((batch, *mix.event_shape), generator=torch.Generator().manual_seed(0))
-    return Problem(name, ExactModel(mix, path), data, x)
+    note = "" if isinstance(path, DiscreteDDPM) else f"exact mixture on the {path.name} path (t = sigma, 80 to 0.002)"
+    return Problem(name, ExactModel(mix, path), data, x, note=note)
 
 
 def digits_model(run_dir: str = DIGITS_RUN, progress=print):
@@ -108,10 +113,11 @@ def digits_model(run_dir: str = DIGITS_RUN, progress=print):
     return load_model(f)
 
 
-def digits_problem(batch: int, progress=print) -> Problem:
+def digits_problem(batch: int, progress=print, ckpt: str | None = None) -> Problem:
+    from diffusio.app.config import load_model
     from diffusio.data.digits import load_digits
 
-    edm, cfg = digits_model(progress=progress)
+    edm, cfg = digits_model(progress=progress) if ckpt is None else load_model(ckpt)
     model = reschedule(edm, DiscreteDDPM())
     data, labels = load_digits(**{k: v for k, v in cfg["data"].items() if k != "name"})
     perm = torch.randperm(len(data), generator=torch.Generator().manual_seed(1))
@@ -146,6 +152,8 @@ def diffusio_runs(model, stats, cond) -> dict[str, Runner]:
     for name, spec in SOLVERS.items():
         if spec.stochastic or spec.calls_per_step is None:
             continue
+        if getattr(spec.fn, "func", spec.fn).__module__.startswith("diffusio.families"):
+            continue  # a family's solver (flow maps, mean-reverting SDEs) needs that family's model
         opts = {"statistics": stats} if "statistics" in spec.needs else {}
         for grid in GRIDS:
             runs[f"diffusio:{name}@{grid}"] = _diffusio(model, name, grid, cond, **opts)
@@ -190,6 +198,37 @@ def diffusers_runs(model, d, cond) -> dict[str, Runner]:
         "DEIS-3": (d.DEISMultistepScheduler, {"solver_order": 3, "lower_order_final": True}),
     }
     return {f"diffusers:{k}": _diffusers_runner(model, cls, cond, **cfg) for k, (cls, cfg) in cases.items()}
+
+
+def _diffusers_edm_runner(model, cls, cond, **cfg) -> Runner:
+    """diffusers' EDM scheduler driven with the exact x0 prediction (inverted through its epsilon preconditioning)."""
+    path = model.path
+
+    def run(x, nfe):
+        sched = cls(sigma_min=path.sigma_min, sigma_max=path.sigma_max, **cfg)
+        sched.set_timesteps(nfe)
+        counted, y, sd = CountingModel(model), x.clone(), sched.config.sigma_data
+        for i, t in enumerate(sched.timesteps):
+            s = float(sched.sigmas[i])
+            d = counted.predict(y, torch.full((len(y),), s, dtype=torch.float64), "x0", **(cond or {})).to(y.dtype)
+            out = (d - sd**2 / (s**2 + sd**2) * y) / (s * sd / (s**2 + sd**2) ** 0.5)
+            y = sched.step(out, t, y).prev_sample
+        return y, counted.calls, None
+
+    return run
+
+
+def diffusers_edm_runs(model, d, cond) -> dict[str, Runner]:
+    """diffusers' EDM DPM-Solver++ (2M, 3M) on its two sigma schedules; final step to sigma = 0 (its default) or
+    to sigma_min (then the last call is spent on a zero-length step)."""
+    runs = {}
+    for order in (2, 3):
+        for sched in ("karras", "exponential"):
+            for final in ("zero", "sigma_min"):
+                cfg = {"solver_order": order, "sigma_schedule": sched, "final_sigmas_type": final}
+                label = f"diffusers:EDM-DPM++{order}M-{sched}" + ("" if final == "zero" else "-to-sigma_min")
+                runs[label] = _diffusers_edm_runner(model, d.EDMDPMSolverMultistepScheduler, cond, **cfg)
+    return runs
 
 
 def _kd_runner(model, fn, calls_per_step: int, grid, cond, **opts) -> Runner:
@@ -322,7 +361,36 @@ def _rms(y: Tensor, ref: Tensor) -> float:
     return float((y - ref).reshape(len(y), -1).pow(2).sum(1).mean().sqrt())
 
 
-def bench_problem(prob: Problem, nfes, progress=print) -> dict:
+def autotune_rows(prob: Problem, nfes, ref: Tensor, n: int, gen, stats, progress=print) -> tuple[dict, dict]:
+    """autotune's plan at each budget, searched on its own noise (``n`` samples, seed 11, not the bench's) with the
+    DPM-Solver-v3 statistics the fixed rows use (estimated from the problem's data), then run on the bench's noise
+    like every other row."""
+    row, plans = {}, {}
+    cond = None if prob.cond is None else {k: torch.arange(n) % 10 for k in prob.cond}
+    float32 = any(p.dtype == torch.float32 for p in getattr(prob.model, "parameters", lambda: [])())
+    for nfe in nfes:
+        t0 = time.time()
+        plan = autotune(
+            prob.model, nfe, data=prob.data, n=n, cond=cond, data_cond=prob.data_cond, rtol=1e-5 if float32 else 1e-6,
+            generator=torch.Generator().manual_seed(11), statistics=stats, cache=False, progress=False,
+        )  # fmt: skip
+        secs = time.time() - t0
+        with torch.no_grad():
+            res = sample(prob.model, prob.x, plan=plan, cond=prob.cond)
+        if res.nfe > nfe:
+            raise RuntimeError(f"autotune's plan used {res.nfe} calls for a budget of {nfe}")
+        finite = bool(torch.isfinite(res.x).all())
+        w2 = sliced_w2(res.x, prob.data[: len(res.x)], generator=gen) if finite else float("inf")
+        row[nfe] = {"error": _rms(res.x, ref), "sliced_w2": w2, "seconds": secs, "nfe_used": res.nfe}
+        plans[nfe] = {k: v for k, v in plan.to_json().items() if k != "table"} | {"candidates": len(plan.table)}
+        progress(
+            f"[{prob.name}] autotune nfe={nfe}: {plan.solver} on {plan.grid_source} ({res.nfe} calls), error "
+            f"{row[nfe]['error']:.3e}; search {plan.search_calls} calls, {secs:.0f}s"
+        )
+    return row, plans
+
+
+def bench_problem(prob: Problem, nfes, progress=print, autotune_n: int = 128, autotune_nfes=None) -> dict:
     """All solvers and peers on one problem; returns rows {label: {nfe: {error, sliced_w2, seconds}}} and pairs."""
     t0 = time.time()
     ref = reference(prob.model, prob.x.double(), prob.rtol, prob.rtol, prob.cond)
@@ -346,7 +414,8 @@ def bench_problem(prob: Problem, nfes, progress=print) -> dict:
     diffusers, kd = load_diffusers(), load_k_diffusion_sampling()
     peers = []
     if diffusers is not None:
-        runs.update(diffusers_runs(prob.model, diffusers, prob.cond))
+        table = isinstance(prob.model.path, DiscreteDDPM)
+        runs.update((diffusers_runs if table else diffusers_edm_runs)(prob.model, diffusers, prob.cond))
         peers.append(f"diffusers {diffusers.__version__}")
     if kd is not None:
         runs.update(k_diffusion_runs(prob.model, kd, prob.cond))
@@ -372,11 +441,16 @@ def bench_problem(prob: Problem, nfes, progress=print) -> dict:
             w2 = sliced_w2(y, prob.data[: len(y)], generator=gen) if finite else float("inf")
             rows[label][nfe] = {"error": _rms(y, ref), "sliced_w2": w2, "seconds": time.time() - t0}
     progress(f"[{prob.name}] {len(runs)} solver rows in {time.time() - t_all:.1f}s")
+    if autotune_n:
+        rows["autotune:plan"], plans = autotune_rows(prob, autotune_nfes or nfes, ref, autotune_n, gen, stats, progress)
+    else:
+        plans = {}
     with torch.no_grad():
         pairs = matched_pairs(prob, rows, grids, ref, nfes)
     w2_ref = sliced_w2(ref, prob.data[: len(ref)], generator=gen)
     return {
         "rows": rows,
+        "plans": plans,
         "pairs": pairs,
         "peers": peers,
         "reference_sliced_w2": w2_ref,
@@ -426,6 +500,7 @@ def markdown(results: dict, nfes) -> str:
         "(the digits model is trained once into the cache, `DIFFUSIO_CACHE/bench/digits`, and reused).",
     ]
     lines += ["", "## summary", "", *_summary_table(results, nfes)]
+    lines += ["", "## autotune", "", *_autotune_table(results, nfes)]
     for name, res in results["models"].items():
         if "skipped" in res:
             lines += ["", f"## {name}", "", f"skipped: {res['skipped']}"]
@@ -446,7 +521,7 @@ def markdown(results: dict, nfes) -> str:
 
 
 def _peers(res: dict) -> list[str]:
-    return sorted({k.split(":")[0] for k in res["rows"] if not k.startswith("diffusio:")})
+    return sorted({k.split(":")[0] for k in res["rows"] if not k.startswith(("diffusio:", "autotune:"))})
 
 
 def _wins(res: dict, n: int) -> bool:
@@ -480,6 +555,40 @@ def _summary_table(results: dict, nfes) -> list[str]:
         f"Matched pairs (same algorithm and grid): {len(pairs)} comparisons, worst relative difference {worst:.3%}"
         f" (target < {AGREEMENT:.0%}): {_yes(ok)}.",
     ]
+    return [*lines, ""]
+
+
+def _autotune_table(results: dict, nfes) -> list[str]:
+    """autotune's plan per model and budget against the best fixed diffusio row and the best peer."""
+    lines = [
+        "`diffusio.autotune(model, nfe, data=...)` searched on its own noise (seed 11; the bench's noise is seed 0)",
+        "against an adaptive reference, with the problem's data for DPM-Solver-v3's statistics; its plan then runs on",
+        f"the bench's noise like every row. Target: ratio to the best peer <= {AUTOTUNE_TARGET} at "
+        f"{' and '.join(str(n) for n in TARGET_NFES)} calls. Search cost: model calls spent by autotune (batched over",
+        "its noise samples; the reference solves included).",
+        "",
+        "| model | NFE | plan (solver, grid) | calls used | autotune error | best fixed diffusio (error) | best peer"
+        " (error) | autotune / peer | target met | search calls | search s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, res in results["models"].items():
+        row = res.get("rows", {}).get("autotune:plan")
+        if not row:
+            continue
+        for n in nfes:
+            if n not in row and str(n) not in row:
+                continue
+            r = row.get(n, row.get(str(n)))
+            plan = res["plans"].get(n, res["plans"].get(str(n)))
+            a, ea = best(res["rows"], n, "diffusio:")
+            theirs = [best(res["rows"], n, p + ":") for p in _peers(res)]
+            b, eb = min(theirs, key=lambda c: c[1]) if theirs else ("-", float("inf"))
+            ratio = r["error"] / eb if math.isfinite(eb) and eb > 0 else float("nan")
+            met = "-" if n not in TARGET_NFES else _yes(ratio <= AUTOTUNE_TARGET)
+            lines.append(
+                f"| {name} | {n} | {plan['solver']} on {plan['grid_source']} | {r['nfe_used']} | {r['error']:.3e} | "
+                f"{a} ({ea:.3e}) | {b} ({eb:.3e}) | {ratio:.2f} | {met} | {plan['search_calls']} | {r['seconds']:.0f} |"
+            )
     return [*lines, ""]
 
 
@@ -554,8 +663,9 @@ def plot(results: dict, nfes, path) -> None:
         for label, errs in _families(res["rows"], nfes).items():
             pts = [(k, e) for k, e in zip(nfes, errs) if math.isfinite(e)]
             if pts:
-                style = "-" if label.startswith("diffusio:") else "--"
-                ax.plot(*zip(*pts), style, marker="o", ms=3, lw=1, label=label)
+                style = "-" if label.startswith(("diffusio:", "autotune:")) else "--"
+                lw = 3 if label.startswith("autotune:") else 1
+                ax.plot(*zip(*pts), style, marker="o", ms=3, lw=lw, label=label, color="k" if lw == 3 else None)
         ax.set(xscale="log", yscale="log", xlabel="model calls (NFE)", ylabel="RMS error vs reference", title=name)
         ax.set_xticks(list(nfes), [str(k) for k in nfes])
         ax.grid(alpha=0.3)
@@ -572,27 +682,60 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nfe", type=int, nargs="+", default=list(NFES), help="model-call budgets")
     parser.add_argument("--batch", type=int, default=512, help="samples per mixture model")
     parser.add_argument("--digits-batch", type=int, default=128, help="samples for the digits model")
-    parser.add_argument("--models", nargs="+", default=["ring2d", "gmm64", "digits"], help="which models")
+    parser.add_argument(
+        "--models", nargs="+", default=["ring2d", "gmm64", "ring2d_edm", "gmm64_edm", "digits"], help="which models"
+    )
+    parser.add_argument("--autotune-n", type=int, default=128, help="autotune's noise samples (0: no autotune rows)")
+    parser.add_argument("--autotune-nfe", type=int, nargs="+", help="budgets with an autotune row (default: all)")
+    parser.add_argument("--digits-ckpt", help="a trained digits checkpoint to use instead of the cached bundled one")
+    parser.add_argument(
+        "--merge", nargs="+", help="solvers.json files of earlier runs (e.g. one per model): merge, report, exit"
+    )
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     nfes = tuple(args.nfe)
     results: dict = {"nfes": list(nfes), "grids": list(GRIDS), "models": {}}
+    if args.merge:
+        for f in args.merge:
+            with open(f) as fh:
+                part = json.load(fh)
+            results["models"].update({k: _int_keys(v) for k, v in part["models"].items()})
+        return _report(results, nfes, args.out)
     makers = {
         "ring2d": lambda: mixture_problem("ring2d", ring2d(), args.batch),
         "gmm64": lambda: mixture_problem("gmm64", gmm64(), args.batch),
-        "digits": lambda: digits_problem(args.digits_batch),
+        "ring2d_edm": lambda: mixture_problem("ring2d_edm", ring2d(), args.batch, EDM()),
+        "gmm64_edm": lambda: mixture_problem("gmm64_edm", gmm64(), args.batch, EDM()),
+        "digits": lambda: digits_problem(args.digits_batch, ckpt=args.digits_ckpt),
     }
     for name in args.models:
         if name not in makers:
             raise SystemExit(f"unknown model {name!r}; valid: {', '.join(makers)}")
-        results["models"][name] = bench_problem(makers[name](), nfes, progress=_flushing(print))
-    os.makedirs(args.out, exist_ok=True)
-    save_json(results, os.path.join(args.out, "solvers.json"))
+        prob = makers[name]()
+        n_at = min(args.autotune_n, len(prob.x))
+        at_nfes = tuple(args.autotune_nfe or nfes)
+        results["models"][name] = bench_problem(prob, nfes, _flushing(print), n_at, at_nfes)
+    return _report(results, nfes, args.out)
+
+
+def _int_keys(res: dict) -> dict:
+    """A model's results read back from JSON: budgets as int keys again."""
+    res = dict(res)
+    for key in ("rows",):
+        res[key] = {label: {int(n): v for n, v in by.items()} for label, by in res.get(key, {}).items()}
+    res["plans"] = {int(n): v for n, v in res.get("plans", {}).items()}
+    return res
+
+
+def _report(results: dict, nfes, out: str) -> int:
+    args_out = out
+    os.makedirs(args_out, exist_ok=True)
+    save_json(results, os.path.join(args_out, "solvers.json"))
     md = markdown(results, nfes)
-    with open(os.path.join(args.out, "solvers.md"), "w") as f:
+    with open(os.path.join(args_out, "solvers.md"), "w") as f:
         f.write(md)
-    plot(results, nfes, os.path.join(args.out, "solvers.png"))
+    plot(results, nfes, os.path.join(args_out, "solvers.png"))
     print(md)
     return 0
 

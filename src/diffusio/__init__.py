@@ -9,6 +9,7 @@ from diffusio import families  # noqa: F401  (registers the families' solvers)
 from diffusio.core import parametrization, paths, timesteps
 from diffusio.models.base import EDMPrecond, Model, ModelBase, ModelWrapper
 from diffusio.samplers import SOLVERS, SampleResult, sample
+from diffusio.samplers.tuning import Plan, autotune
 
 __version__ = "0.1.0"
 
@@ -18,7 +19,9 @@ __all__ = [
     "Model",
     "ModelBase",
     "ModelWrapper",
+    "Plan",
     "SampleResult",
+    "autotune",
     "parametrization",
     "paths",
     "sample",

@@ -33,6 +33,7 @@ BENCHES = {
     "multitask": "multitask",
     "fuzz": "fuzz",
     "posterior": "posterior",
+    "dmcmc": "dmcmc",
 }
 
 
@@ -221,6 +222,10 @@ def _cmd_sample(args) -> int:
             cleanup()
             raise ValueError("sampling across processes covers diffusion/flow checkpoints; run it without torchrun")
         return _sample_family(model, cfg, args, opts)
+    if args.solver == "auto":  # autotuned solver and grid for --nfe calls (app/tune_cli.py)
+        from diffusio.app.tune_cli import sample_auto
+
+        return sample_auto(model, cfg, args, opts, _labels(cfg, args.n, args.class_), save_samples)
     shown = dict(opts)
     if args.solver == "dpm_v3":
         opts["statistics"] = _dpm_v3_statistics(model, cfg, args.steps)
@@ -423,6 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--class", dest="class_", type=int, help="sample one class of a class-conditional model")
     s.add_argument("--opt", action="append", help="solver option NAME=VALUE (e.g. eta=0.5), repeatable")
     s.add_argument("--device", default=None)
+    s.add_argument("--nfe", type=int, help="with --solver auto: the budget of model calls per sample")
     s.set_defaults(fn=_cmd_sample)
 
     e = sub.add_parser("eval", help="metrics of a sample file against its data set")
@@ -448,6 +454,10 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--port", type=int, default=8765)
     sv.add_argument("--gallery", help="where the studio saves its PNGs (default ROOT/studio)")
     sv.set_defaults(fn=_cmd_serve)
+
+    from diffusio.app.tune_cli import add_tune_parser
+
+    add_tune_parser(sub)
 
     b = sub.add_parser("bench", help="benchmarks (write JSON, markdown and a plot to bench/results/)")
     b.add_argument("name", choices=sorted(BENCHES))

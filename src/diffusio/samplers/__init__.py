@@ -258,6 +258,7 @@ def sample(
     generator: torch.Generator | None = None,
     denoise: bool = False,
     callback: Callback | None = None,
+    plan=None,
     **options,
 ) -> SampleResult:
     """Sample ``model`` with a registered solver: the front door.
@@ -266,7 +267,9 @@ def sample(
     ``grid`` is a grid name (``uniform``, ``logsnr``, ``karras``, ``quadratic``; default: the solver's) or a
     decreasing tensor of times. ``denoise=True`` returns the x0 prediction at the last time (one more call).
     Solver ``options`` (e.g. ``eta``, ``churn``) are checked against the solver's signature; numbers must be
-    finite (NaN/inf refused by name). float16/bfloat16 ``x`` is computed in float32 and returned in its dtype.
+    finite (NaN/inf refused by name).
+    ``plan``: a tuned recipe from ``diffusio.autotune`` (its solver, steps, grid and options replace those
+    arguments). float16/bfloat16 ``x`` is computed in float32 and returned in its dtype.
 
     Finite-output guarantee: the model is wrapped in :class:`~diffusio.models.base.CheckedModel`, which checks the
     state handed to it and its answer at every call (one reduced ``isfinite``); NaN/inf anywhere, or in the
@@ -274,6 +277,9 @@ def sample(
     Grids never touch a singular data end of the path (``Path.check_t(..., grid=True)``), and log-SNR solvers
     refuse a singular noise end (alpha = 0).
     """
+    if plan is not None:
+        kw = {"shape": shape, "cond": cond, "generator": generator, "denoise": denoise, "callback": callback}
+        return sample(model, x, **kw, **plan.kwargs(model), **options)
     if not isinstance(solver, str):
         raise TypeError(f"solver must be a solver name (str), got {type(solver).__name__}")
     spec = get_solver(solver)
