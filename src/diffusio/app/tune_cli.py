@@ -117,6 +117,7 @@ def _tuned(model, nfe: int):
 
 
 def add_tune_parser(sub) -> None:
+    """Register ``diffusio tune CKPT --nfe 5,10``: autotune and print the table of candidates."""
     t = sub.add_parser("tune", help="autotune solver and time grid for budgets of model calls; prints the candidates")
     t.add_argument("ckpt", help="model.safetensors or checkpoint.safetensors")
     t.add_argument("--nfe", type=_nfes, required=True, help="budgets, comma-separated (e.g. 5,10)")

@@ -70,6 +70,7 @@ def grid_of_lambdas(path, lams: Tensor) -> Tensor:
 
 
 def lambdas_of_grid(path, ts: Tensor) -> Tensor:
+    """The half log-SNR lambda = log(alpha/sigma) at each time of the grid ``ts`` (float64)."""
     return path.log_snr(torch.as_tensor(ts, dtype=_F64))
 
 

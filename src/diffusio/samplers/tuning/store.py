@@ -109,4 +109,5 @@ def load_grid(name: str, model: ModelBase | None = None) -> SearchedGrid:
 
 
 def list_grids() -> list[str]:
+    """Names of the searched grids saved in the cache (``cache_dir("grids")``), loadable by name."""
     return sorted(p.stem for p in grid_dir().glob("*.json"))
