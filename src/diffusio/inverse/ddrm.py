@@ -1,5 +1,5 @@
 """DDRM: denoising diffusion restoration in the singular-value basis of a linear operator (Kawar, Elad, Ermon, Song,
-NeurIPS 2022, Eq. 7-8 and Appendix; dps-and-baselines.md).
+NeurIPS 2022, Eq. 7-8 and Appendix).
 
 A = U S V^T. In the VE variables xbar = V^T x_t / alpha_t (noise level s_t = sigma_t / alpha_t) every spectral
 component i with singular value s_i and ybar_i = (U^T y)_i / s_i moves from t to the next level s by

@@ -1,4 +1,4 @@
-"""Diffusion with forward models (Tewari et al., NeurIPS 2023; forward-models.md): learn p(signal | observation)
+"""Diffusion with forward models (Tewari et al., NeurIPS 2023): learn p(signal | observation)
 when signals are never observed directly, only through a known differentiable forward model O = forward(S, phi).
 
 The diffusion runs in observation space on a *target* observation O_t; the denoiser outputs a signal
@@ -49,8 +49,8 @@ class LinearPoses:
 
 class ContextProjectionGen(nn.Module):
     """A denoiser that respects the context by construction: S_hat = P_c^+ O_c + N_c h(O_c, vec P_c, x, vec P_t, t),
-    with N_c an orthonormal basis of null(P_c) and h a residual MLP (the structured, "3-D-aware" generator the brief
-    asks for: the loss only sees P_t S_hat, so an unstructured generator is not identifiable).
+    with N_c an orthonormal basis of null(P_c) and h a residual MLP (the structured, "3-D-aware" generator of Tewari et
+    al. 2023, Sec. 3: the loss only sees P_t S_hat, so an unstructured generator is not identifiable).
 
     ``poses_c`` ``(Kc, mc, d)`` and ``poses_t`` ``(Kt, mt, d)`` are the context and target forward matrices.
     """

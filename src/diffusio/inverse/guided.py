@@ -1,5 +1,5 @@
 """Posterior sampling by approximate measurement guidance: DPS (Chung et al., ICLR 2023) and PiGDM (Song et al.,
-ICLR 2023) (dps-and-baselines.md).
+ICLR 2023, Alg. 1).
 
 Both corrections are ModelWrappers that are again Models: the guided x0 prediction is
 x0_y = x0 + (sigma^2 / alpha) g with g an approximation of grad_{x_t} log p(y | x_t) (Tweedie's formula applied to

@@ -1,6 +1,6 @@
 """DiffusionMBIR: 3-D reconstruction with a 2-D diffusion prior per slice plus total variation along the slice
-axis, enforced by ADMM with a conjugate-gradient x-update (Chung, Ryu, McCann, Klasky, Ye, CVPR 2023;
-diffusion-mbir.md).
+axis, enforced by ADMM with a conjugate-gradient x-update (Chung, Ryu, McCann, Klasky, Ye, CVPR 2023,
+Alg. 1).
 
 A volume is a batch of slices ``(S, C, H, W)`` and the 2-D operator acts slice by slice. After every
 predictor (ancestral) and corrector (Langevin) update of all slices, one ADMM iteration on
@@ -88,7 +88,7 @@ def solve_mbir(
     grid: str = "logsnr",
     generator: torch.Generator | None = None,
 ) -> tuple[Tensor, dict]:
-    """DiffusionMBIR (diffusion-mbir.md, "Algorithm") for one volume: ``y`` ``(S, *out_shape)`` holds the
+    """DiffusionMBIR (Chung et al. 2023, Alg. 1) for one volume: ``y`` ``(S, *out_shape)`` holds the
     measurement of each of the S slices; returns the volume ``(S, *in_shape)``.
 
     Per step: ancestral predictor to the next time, a Langevin corrector there (step 2 (snr ||z|| / ||s||)^2,

@@ -1,5 +1,6 @@
-"""Measurement operators y = A(x) + n with forward, adjoint and a Gaussian noise model (forward-models.md,
-dps-and-baselines.md, diffusion-mbir.md, medical-survey.md).
+"""Measurement operators y = A(x) + n with forward, adjoint and a Gaussian noise model (the
+operators of DPS, Chung et al. 2023; DiffusionMBIR, Chung et al. 2023; the medical-imaging survey of Kazerouni et
+al. 2023).
 
 Every operator maps a batch ``x`` ``(B, *in_shape)`` to ``(B, *out_shape)``; ``noise_std`` is the standard
 deviation of i.i.d. Gaussian measurement noise in the units of ``y`` (images live in [-1, 1]). Linear operators

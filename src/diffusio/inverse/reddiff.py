@@ -1,5 +1,5 @@
-"""RED-Diff: variational posterior sampling as stochastic optimisation (Mardani, Song, Kautz, Vahdat 2023;
-red-diff.md).
+"""RED-Diff: variational posterior sampling as stochastic optimisation (Mardani, Song, Kautz, Vahdat 2023,
+Alg. 1).
 
 q(x0 | y) = N(mu, sigma^2 I) with sigma -> 0: minimise over the image mu
     obs_weight * mean((y - A mu)^2) / 2 + lambda_t * mean(sg[eps_hat(x_t, t) - eps] * mu),
@@ -51,7 +51,7 @@ def solve_reddiff(
     generator: torch.Generator | None = None,
     x_init: Tensor | None = None,
 ) -> tuple[Tensor, dict]:
-    """RED-Diff (red-diff.md, "Algorithm"): ``steps`` Adam steps (betas 0.9, 0.99) on mu from ``x_init`` (default
+    """RED-Diff (Mardani et al. 2023, Alg. 1): ``steps`` Adam steps (betas 0.9, 0.99) on mu from ``x_init`` (default
     the pseudo-inverse A^+ y, or zeros for a nonlinear operator); one model call per step, no backward pass
     through the network. ``ascending=True`` reverses the time order (the paper's ablation). Returns mu ``(B, ...)``.
     """
