@@ -3,24 +3,33 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+CORE := $(VENV)/.core
+TORCH_CHECK = $(PY) -c "import torch; v = torch.__version__; assert v.startswith('$${TORCH_VERSION:-2.13.0}'), v"
 
 .PHONY: demo test lint bench clean install chromium docs
 
-$(STAMP): pyproject.toml
+# The library alone (what `make demo` needs): PyTorch first (a local CPU build here), then the project, so pip
+# never pulls a CUDA build.
+$(CORE): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
-	# PyTorch first (a local CPU build here); then the project, so pip never pulls a CUDA build.
 	$(PY) -m pip install -q "torch==$${TORCH_VERSION:-2.13.0}"
-	$(PY) -m pip install -q -e ".[dev,bench,ui,browser,docs]"
+	$(PY) -m pip install -q -e .
+	$(TORCH_CHECK)
+	touch $(CORE)
+
+# Everything the tests, benchmarks and docs need.
+$(STAMP): $(CORE)
+	$(PY) -m pip install -q -e ".[dev,bench,compress,finetune,ui,browser,docs]"
 	# Peers whose metadata pulls torchvision (unloadable beside a local CPU torch): no deps; their needs are in [bench].
 	$(PY) -m pip install -q --no-deps "k-diffusion==0.1.1.post1" "deepinv==0.5.0"
 	# muP for the DiT (nets/dit.py): mup's metadata pulls torchvision, pandas and seaborn, which its core never imports.
 	$(PY) -m pip install -q --no-deps "mup==1.0.0"
-	$(PY) -c "import torch; v = torch.__version__; assert v.startswith('$${TORCH_VERSION:-2.13.0}'), v"
+	$(TORCH_CHECK)
 	touch $(STAMP)
 
 install: $(STAMP)
 
-demo: $(STAMP)
+demo: $(CORE)
 	$(VENV)/bin/diffusio demo --out runs/demo
 
 # Debian's chromium for the studio's browser tests (tests/test_ui_browser.py; Playwright drives it, no download)

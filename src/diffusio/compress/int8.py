@@ -65,7 +65,7 @@ def backend_status() -> dict[str, str | None]:
         _quiet_torchao()
         status["torchao"] = None
     except ImportError:
-        status["torchao"] = "torchao is not installed (pip install torchao)"
+        status["torchao"] = "torchao is not installed (pip install 'diffusio[compress]')"
         status["pt2e"] = status["torchao"]
         return status
     try:

@@ -25,7 +25,10 @@ def adapter_targets(net: nn.Module) -> list[str]:
 
 
 def _config(method: str, targets: list[str], rank: int, alpha: float | None, dropout: float, block_size: int):
-    from peft import LoHaConfig, LoKrConfig, LoraConfig, OFTConfig
+    try:
+        from peft import LoHaConfig, LoKrConfig, LoraConfig, OFTConfig
+    except ImportError as e:
+        raise ImportError("adapters need peft: pip install 'diffusio[finetune]' (or pip install peft)") from e
 
     alpha = float(rank if alpha is None else alpha)
     if method == "lora":

@@ -86,7 +86,10 @@ def memcontrol_search(
     ``data``: the fine-tuning source (``sample(n, generator)``); ``evaluate(adapted) -> (memorization, quality)``,
     both lower-is-better. The all-zero mask is the base model (no fine-tuning), evaluated as such.
     """
-    import optuna
+    try:
+        import optuna
+    except ImportError as e:
+        raise ImportError("MemControl's search needs optuna: pip install 'diffusio[finetune]'") from e
 
     if not sites:
         raise ValueError("sites must name at least one module of the network")
