@@ -193,11 +193,14 @@ def run_crash(
     timeout: float = 120.0,
     progress: bool = True,
     reference: str = "subprocess",
+    startup_window: float | None = None,
 ) -> dict:
     """Kill ``diffusio train`` ``kills`` times in ``work`` and count what went wrong (see the module docstring).
 
     ``reference``: how the uninterrupted run is made, ``"subprocess"`` (``diffusio train``, as the killed runs)
-    or ``"inprocess"`` (``run_training`` here: the same code, a few seconds faster, for the test)."""
+    or ``"inprocess"`` (``run_training`` here: the same code, a few seconds faster, for the test).
+    ``startup_window``: the ``startup`` kills land uniformly in [0, this] seconds (default: the wall time of the
+    uninterrupted run)."""
     if reference not in ("subprocess", "inprocess"):
         raise ValueError(f"reference must be 'subprocess' or 'inprocess', got {reference!r}")
     if not isinstance(kills, int) or kills < 1:
@@ -206,6 +209,8 @@ def run_crash(
         raise ValueError(f"steps must be an integer >= 4 (two checkpoints), got {steps!r}")
     if not 0 < slow <= 5:
         raise ValueError(f"slow must be a pause in (0, 5] seconds, got {slow!r}")
+    if startup_window is not None and not 0 < startup_window < timeout:
+        raise ValueError(f"startup_window must be in (0, timeout={timeout}) seconds, got {startup_window!r}")
     rng = random.Random(seed)
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
@@ -227,6 +232,7 @@ def run_crash(
 
         run_training(cfg, ref, progress=False)
         t_ref = time.perf_counter() - t0 + 3.0  # + the imports of a new process, for the startup kills' window
+    window = t_ref if startup_window is None else startup_window
 
     records: list[dict] = []
     counts = Counter()
@@ -260,7 +266,7 @@ def run_crash(
         before_ck = _stamp(run / "checkpoint.safetensors")
         resume = before_ck is not None
         j = rng.randint(1, 5)
-        delay = rng.uniform(0.0, t_ref)
+        delay = rng.uniform(0.0, window)
         proc = _start(cfg_file, run, log, slow if kind == "write" else None)
         t_start = time.perf_counter()
         seen: set[str] = set()

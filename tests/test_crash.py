@@ -12,7 +12,9 @@ from diffusio.io import SLOW_WRITE_ENV, load_safetensors, save_json, save_safete
 
 
 def test_sigkill_during_training_loses_nothing(tmp_path):
-    res = run_crash(tmp_path, kills=3, steps=8, seed=1, reference="inprocess", progress=False)
+    res = run_crash(
+        tmp_path, kills=3, steps=8, seed=1, slow=0.1, reference="inprocess", startup_window=2.0, progress=False
+    )
     assert res["kills"] == 3 and res["kills_by_kind"] == {"write": 1, "training": 1, "startup": 1}
     assert res["kills_in_a_write"] >= 1  # the hook held a write open and the kill left its temp file
     assert res["unloadable"] == 0, res["failures"]
