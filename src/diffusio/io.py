@@ -1,16 +1,39 @@
-"""Atomic, pickle-free file writing: safetensors and JSON written to a temp file, fsynced, then renamed."""
+"""Atomic, pickle-free file writing: safetensors and JSON written to a temp file, fsynced, then renamed.
+
+Test hook: ``DIFFUSIO_SLOW_WRITE_SECONDS`` (unset by default) makes every atomic write sleep that many seconds
+between writing the temp file and renaming it, so a crash test (``diffusio bench crash``) can kill a process
+reliably inside a write. It changes no file's content; leave it unset in normal use.
+"""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+
+SLOW_WRITE_ENV = "DIFFUSIO_SLOW_WRITE_SECONDS"
+
+
+def _slow_write_seconds() -> float:
+    """The test-only pause before an atomic rename (``$DIFFUSIO_SLOW_WRITE_SECONDS``, default 0: no pause)."""
+    raw = os.environ.get(SLOW_WRITE_ENV, "").strip()
+    if not raw:
+        return 0.0
+    try:
+        v = float(raw)
+    except ValueError:
+        v = math.nan
+    if not math.isfinite(v) or not 0 <= v <= 60:
+        raise ValueError(f"{SLOW_WRITE_ENV} must be a number of seconds in [0, 60] (test hook), got {raw!r}; unset it")
+    return v
 
 
 def _atomic_write(path: str | os.PathLike, write) -> Path:
@@ -23,6 +46,9 @@ def _atomic_write(path: str | os.PathLike, write) -> Path:
         write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        pause = _slow_write_seconds()
+        if pause:  # test hook: a window in which a crash test can kill the writer mid-write
+            time.sleep(pause)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

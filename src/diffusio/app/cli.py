@@ -34,6 +34,7 @@ BENCHES = {
     "fuzz": "fuzz",
     "posterior": "posterior",
     "dmcmc": "dmcmc",
+    "crash": "crash",
 }
 
 
