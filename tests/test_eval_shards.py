@@ -56,6 +56,8 @@ def test_three_ranks_combined_equal_one_process(monkeypatch):
         combine_evaluation(*parts[:2])
     with pytest.raises(ValueError, match="more than one rank"):
         combine_evaluation(parts[0], *parts)
+    with pytest.raises(ValueError, match="got none"):
+        combine_evaluation()
 
 
 def test_sliced_w2_and_mmd_parts_merge_for_unequal_sizes(monkeypatch):

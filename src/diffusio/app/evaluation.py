@@ -104,6 +104,8 @@ def combine_evaluation(*parts: dict) -> dict:
     """The metrics of :func:`evaluate` from the :func:`evaluation_parts` of all ranks (on rank 0)."""
     from diffusio.metrics.distances import merge_units, mmd_reduce, sliced_wasserstein_reduce
 
+    if not parts:
+        raise ValueError("combine_evaluation needs the evaluation_parts of every rank; got none")
     first = parts[0]
     out = {
         "n": first["n"],
