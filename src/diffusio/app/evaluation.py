@@ -9,7 +9,7 @@ from tqdm.auto import tqdm
 from diffusio.models.base import ModelBase
 from diffusio.samplers import sample
 
-__all__ = ["evaluate", "generate", "generate_family", "reference_data"]
+__all__ = ["combine_evaluation", "evaluate", "evaluation_parts", "generate", "generate_family", "reference_data"]
 
 
 def generate(
@@ -65,24 +65,62 @@ def reference_data(data_cfg: dict, n: int, seed: int = 12345, split: str = "test
 def evaluate(samples: Tensor, data_cfg: dict, n_ref: int = 5000, seed: int = 12345) -> dict:
     """Metrics of ``samples`` against the data: sliced W2 and MMD always; for digits also the Fréchet distance
     on the metric classifier's features and its confidence."""
-    from diffusio.metrics import mmd, sliced_wasserstein
+    return combine_evaluation(evaluation_parts(samples, data_cfg, n_ref, seed))
+
+
+def evaluation_parts(
+    samples: Tensor, data_cfg: dict, n_ref: int = 5000, seed: int = 12345, *, rank: int = 0, world_size: int = 1
+) -> dict:
+    """Rank ``rank``'s share of :func:`evaluate` under ``torchrun`` (``diffusio eval``): the work of one process
+    cut into units (chunks of sliced-W2 projections, row chunks of the MMD kernel sums, batches of the metric
+    classifier's features and probabilities for the samples and the reference), units dealt round-robin to the
+    ranks. :func:`combine_evaluation` of all ranks' parts equals :func:`evaluate` of one process bit for bit."""
+    from diffusio.metrics.distances import mmd_parts, sliced_wasserstein_parts
 
     if not torch.isfinite(samples).all():
         raise ValueError("the samples contain NaN or inf")
     ref = reference_data(data_cfg, n_ref, seed)
     g = torch.Generator().manual_seed(seed)
     m = min(len(samples), 2000)
+    dealt = {"rank": rank, "world_size": world_size}
     out = {
         "n": len(samples),
-        "sliced_w2": sliced_wasserstein(samples, ref, generator=g),
-        "mmd": mmd(samples[:m].flatten(1), ref[:m].flatten(1)),
+        "sliced_w2": sliced_wasserstein_parts(samples, ref, generator=g, **dealt),
+        "mmd": mmd_parts(samples[:m].flatten(1), ref[:m].flatten(1), **dealt),
     }
     if data_cfg.get("name") == "digits":
-        from diffusio.metrics import classifier_confidence, digits_frechet_distance, get_digits_classifier
+        from diffusio.metrics import get_digits_classifier
+        from diffusio.metrics.fid import classifier_batches
 
         clf = get_digits_classifier(size=data_cfg.get("size", 8), mode=data_cfg.get("mode", "pad"))
-        out["frechet_distance"] = digits_frechet_distance(samples, ref, clf)
-        conf = classifier_confidence(samples, clf)
+        if samples.ndim != 4 or len(samples) == 0:
+            raise ValueError(f"samples must have shape (N, 1, S, S) with N >= 1; got {tuple(samples.shape)}")
+        for name, x in (("samples", samples), ("reference", ref)):
+            out[name] = {"n_batches": -(-len(x) // 512), "batches": classifier_batches(x, clf, 512, **dealt)}
+    return out
+
+
+def combine_evaluation(*parts: dict) -> dict:
+    """The metrics of :func:`evaluate` from the :func:`evaluation_parts` of all ranks (on rank 0)."""
+    from diffusio.metrics.distances import merge_units, mmd_reduce, sliced_wasserstein_reduce
+
+    if not parts:
+        raise ValueError("combine_evaluation needs the evaluation_parts of every rank; got none")
+    first = parts[0]
+    out = {
+        "n": first["n"],
+        "sliced_w2": sliced_wasserstein_reduce(*(p["sliced_w2"] for p in parts)),
+        "mmd": mmd_reduce(*(p["mmd"] for p in parts)),
+    }
+    if "samples" in first:
+        from diffusio.metrics.fid import confidence_from_probs, frechet_distance
+
+        cat = {}
+        for name in ("samples", "reference"):
+            got = merge_units([p[name]["batches"] for p in parts], first[name]["n_batches"], name)
+            cat[name] = [torch.cat([got[k][i] for k in range(len(got))]) for i in (0, 1)]  # features, probs
+        out["frechet_distance"] = frechet_distance(cat["samples"][0], cat["reference"][0])
+        conf = confidence_from_probs(cat["samples"][1])
         out["classifier_confidence"] = conf["mean_max_prob"]
         out["class_histogram"] = [int(c) for c in conf["class_histogram"]]
     return out

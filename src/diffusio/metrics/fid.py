@@ -7,7 +7,14 @@ from torch import Tensor, nn
 
 from diffusio.metrics.distances import check_samples
 
-__all__ = ["classifier_confidence", "classifier_features", "digits_frechet_distance", "frechet_distance"]
+__all__ = [
+    "classifier_batches",
+    "classifier_confidence",
+    "classifier_features",
+    "confidence_from_probs",
+    "digits_frechet_distance",
+    "frechet_distance",
+]
 
 _F64 = torch.float64
 
@@ -54,6 +61,25 @@ def _probs(images: Tensor, classifier: nn.Module, batch_size: int = 512) -> Tens
     return torch.cat([classifier(x.to(device, torch.float32)).softmax(-1).cpu() for x in images.split(batch_size)])
 
 
+@torch.no_grad()
+def classifier_batches(
+    images: Tensor, classifier: nn.Module, batch_size: int = 512, *, rank: int = 0, world_size: int = 1
+) -> dict[int, tuple[Tensor, Tensor]]:
+    """Features and softmax probabilities of the batches ``rank, rank + world_size, ...`` of ``images``
+    ``(N, 1, S, S)`` split as :func:`classifier_features` splits them: ``{batch index: (features (B, F), probs
+    (B, 10))}``. The same batches go through the same layers, so the concatenated batches of all ranks equal
+    :func:`classifier_features` and the probabilities of one process bit for bit."""
+    if not (isinstance(world_size, int) and world_size >= 1 and isinstance(rank, int) and 0 <= rank < world_size):
+        raise ValueError(f"rank must be in [0, world_size) with world_size >= 1; got rank {rank} of {world_size}")
+    device = next(classifier.parameters()).device
+    batches = images.split(batch_size)
+    out = {}
+    for k in range(rank, len(batches), world_size):
+        f = classifier.features(batches[k].to(device, torch.float32))
+        out[k] = (f.cpu(), classifier.head(f).softmax(-1).cpu())  # forward = head(features(x))
+    return out
+
+
 def digits_frechet_distance(samples: Tensor, reference: Tensor, classifier: nn.Module) -> float:
     """Fréchet distance between classifier features of ``samples`` ``(N, 1, S, S)`` and ``reference`` ``(M, ...)``."""
     return frechet_distance(classifier_features(samples, classifier), classifier_features(reference, classifier))
@@ -67,7 +93,13 @@ def classifier_confidence(samples: Tensor, classifier: nn.Module) -> dict:
     """
     if samples.ndim != 4 or len(samples) == 0:
         raise ValueError(f"samples must have shape (N, 1, S, S) with N >= 1; got {tuple(samples.shape)}")
-    probs = _probs(samples, classifier)
+    return confidence_from_probs(_probs(samples, classifier))
+
+
+def confidence_from_probs(probs: Tensor) -> dict:
+    """:func:`classifier_confidence` from the classifier's softmax probabilities ``(N, 10)``."""
+    if probs.ndim != 2 or len(probs) == 0:
+        raise ValueError(f"probs must have shape (N, 10) with N >= 1; got {tuple(probs.shape)}")
     if not torch.isfinite(probs).all():
         raise ValueError("samples gave non-finite classifier outputs; check them for NaN or inf values")
     hist = torch.bincount(probs.argmax(-1), minlength=10)
