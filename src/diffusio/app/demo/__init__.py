@@ -28,10 +28,10 @@ GUIDANCE_SCALES = (0.0, 1.0, 2.0)  # classifier-free guidance: unconditional, co
 
 # The demo trains smaller versions of the bundled configs so that `make demo` (install included) fits in 5 minutes on
 # 2 CPU cores (single-thread CPU time per training step: moons 9 ms instead of 42 ms, digits 60 ms instead of 151 ms).
-# Whole demo on a quiet 2-core machine: 178 s with the fast solvers, guidance and inpainting panels. Measured there:
-# digits heun-20 Fréchet distance 16.8 (data vs data 14.9); DPM-Solver++(2M) and UniPC reach 16.4-17.0 at 5-10 calls;
-# classifier-free guidance at scale 1 gives the requested class 96% of the time. The bundled configs stay the
-# benchmarks' priors.
+# Whole demo on a quiet 2-core machine: 209 s with the fast solvers, guidance, inpainting and families (1000 steps).
+# Measured there: digits heun-20 Fréchet distance 16.8 (data vs data 14.9); DPM-Solver++(2M) and UniPC reach
+# 16.4-17.0 at 5-10 calls; classifier-free guidance at scale 1 gives the requested class 96% of the time. The bundled
+# configs stay the benchmarks' priors.
 DEMO_OVERRIDES: dict[str, dict] = {
     "moons": {"net": {"name": "mlp", "hidden": 128, "depth": 3}, "train": {"steps": 2000, "batch_size": 256}},
     "digits": {

@@ -103,7 +103,7 @@ RUNS = (  # (family, solver, steps): each family's own sampler at ~20 calls, and
 def run_families(out: Path, fast: bool = False, log=print) -> dict:
     """Train and sample every family into ``out`` (``families.png``); returns the rows of the report's table."""
     t0 = time.perf_counter()
-    steps, n = (20, 300) if fast else (600, 4000)
+    steps, n = (20, 300) if fast else (1000, 4000)
     log(f"[families] training 6 models on {DATA} ({steps} steps each) ...")
     # tiny MLPs on batches of 256: a second intra-op thread only adds synchronisation (measured: 24 s with one
     # thread, 400 s with two on a busy 2-core machine for the fast page), so this page runs on one thread
