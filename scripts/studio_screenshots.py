@@ -1,5 +1,5 @@
-"""Screenshots of the running studio for the docs (docs/img/): a sampling run with its x0 preview, and an
-inpainting result. Needs Debian's chromium and a checkpoint folder:
+"""Screenshots of the running studio for the docs (docs/img/): a sampling run with its x0 preview, an
+inpainting result, and a search (digits classifier verifier) with its score curve. Needs Debian's chromium and a checkpoint folder:
 
     python scripts/studio_screenshots.py --root runs --ckpt digits/model.safetensors --out docs/img
 """
@@ -64,10 +64,17 @@ def main(argv=None) -> int:
             page.click("#inpaint-btn")
             page.wait_for_function("window.studio.lastDone !== null && window.studio.lastDone.result", timeout=300000)
             page.locator("#inpaint-panel").screenshot(path=str(out / "studio_inpaint.png"))
+            page.wait_for_function("!document.getElementById('search-btn').disabled")
+            page.select_option("#strategy", "zero_order")
+            for k, v in {"search-label": 3, "search-budget": 400, "search-n": 16, "search-steps": 10}.items():
+                page.fill(f"#{k}", str(v))
+            page.click("#search-btn")
+            page.wait_for_function("window.studio.lastDone !== null && window.studio.lastDone.scores", timeout=300000)
+            page.locator("#search-panel").screenshot(path=str(out / "studio_search.png"))
             browser.close()
     finally:
         srv.stop()
-    print(f"wrote {out / 'studio.png'} and {out / 'studio_inpaint.png'}")
+    print(f"wrote {out / 'studio.png'}, {out / 'studio_inpaint.png'} and {out / 'studio_search.png'}")
     return 0
 
 

@@ -303,3 +303,117 @@ def test_serve_command_is_registered():
 
     args = build_parser().parse_args(["serve", "--root", "x"])
     assert args.host == "127.0.0.1" and args.root == "x" and args.port == 8765
+
+
+def test_autotune_sample_equals_the_plan_and_rerun_reuses_it(live):
+    """Solver ``auto``: the studio tunes (progress, then a status naming the choice), the picture equals
+    ``diffusio.sample`` with the plan, the PNG stores the plan, and a re-run samples with it without re-tuning."""
+    from diffusio.app.config import load_model
+    from diffusio.app.ui.jobs import read_png_params, render
+    from diffusio.samplers import sample
+
+    body = {"ckpt": "rings/model.safetensors", "solver": "auto", "nfe": 6, "batch": 64, "seed": 3}
+    code, out = live.request("POST", "/api/sample", body)
+    assert code == 200, out
+    ev = live.events(out["job"])
+    assert ev[-1][0] == "done", ev[-1]
+    done = ev[-1][1]
+    plan = done["params"]["plan"]
+    assert plan["solver"] and len(plan["grid"]) == plan["steps"] + 1 and done["nfe"] <= 6
+    png = urllib.request.urlopen(live.url + done["image"]).read()
+    assert read_png_params(png)["plan"] == plan
+    model, _ = load_model(live.app.state.studio.root / "rings" / "model.safetensors")
+    x = sample(model, shape=(64, 2), solver=plan["solver"], steps=plan["steps"], grid=torch.tensor(plan["grid"],
+               dtype=torch.float64), generator=torch.Generator().manual_seed(3), **plan["options"]).x  # fmt: skip
+    assert np.array_equal(png_pixels(png), render(x)[..., 0])
+    code, out = live.request("POST", "/api/rerun", {"name": done["name"]})
+    assert code == 200, out
+    again = live.events(out["job"])
+    assert not any(e == "status" and "searching" in d["message"] for e, d, _ in again)
+    assert np.array_equal(png_pixels(urllib.request.urlopen(live.url + again[-1][1]["image"]).read()), png_pixels(png))
+
+
+def test_search_equals_the_front_door_and_reruns(live):
+    """A studio search is ``diffusio.scaling.search`` with the same seed (best first in the picture), its curve is the
+    search history, and a re-run from the PNG gives the same pixels."""
+    from diffusio.app.config import load_model
+    from diffusio.app.ui.jobs import render
+    from diffusio.scaling import SelfConsistency, search
+
+    body = {"ckpt": "rings/model.safetensors", "strategy": "zero_order", "budget": 45, "steps": 4, "n": 6, "seed": 5}
+    code, out = live.request("POST", "/api/search", body)
+    assert code == 200, out
+    assert out["params"]["verifier"] == "self" and out["params"]["solver"] == "heun"
+    ev = live.events(out["job"])
+    assert ev[-1][0] == "done", ev[-1]
+    done = ev[-1][1]
+    model, _ = load_model(live.app.state.studio.root / "rings" / "model.safetensors")
+    res = search(model, SelfConsistency(model), shape=(6, 2), strategy="zero_order", budget=45, solver="heun",
+                 steps=4, generator=torch.Generator().manual_seed(5))  # fmt: skip
+    order = res.scores.argsort(descending=True)
+    png = urllib.request.urlopen(live.url + done["image"]).read()
+    assert np.array_equal(png_pixels(png), render(res.x[order])[..., 0])
+    assert done["scores"] == res.scores[order].tolist()
+    assert done["history"] == [list(h) for h in res.history] and done["nfe"] <= 45
+    code, out = live.request("POST", "/api/rerun", {"name": done["name"]})
+    assert code == 200, out
+    again = live.events(out["job"])[-1][1]
+    assert np.array_equal(png_pixels(urllib.request.urlopen(live.url + again["image"]).read()), png_pixels(png))
+
+
+def test_search_with_the_digits_classifier_conditions_on_the_class(live):
+    code, out = live.request("POST", "/api/search", {"ckpt": "digits/model.safetensors", "strategy": "best_of_n",
+                                                     "budget": 12, "steps": 3, "n": 2, "label": 4})  # fmt: skip
+    assert code == 200, out
+    assert out["params"]["verifier"] == "classifier" and out["params"]["label"] == 4
+    ev = live.events(out["job"])
+    assert ev[-1][0] == "done", ev[-1]
+    scores = ev[-1][1]["scores"]
+    assert len(scores) == 2 and all(0.0 <= s <= 1.0 for s in scores)  # the class probability
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "needle"),
+    [
+        ("/api/search", {"ckpt": "rings/model.safetensors", "strategy": "beam"}, "unknown strategy"),
+        ("/api/search", {"ckpt": "rings/model.safetensors", "verifier": "classifier"}, "digits metric classifier"),
+        ("/api/search", {"ckpt": "rings/model.safetensors", "verifier": "clip"}, "unknown verifier"),
+        ("/api/search", {"ckpt": "digits/model.safetensors", "verifier": "classifier"}, "set the class"),
+        ("/api/search", {"ckpt": "rings/model.safetensors", "budget": 5, "steps": 10}, "below one sample's cost"),
+        ("/api/search", {"ckpt": "rings/model.safetensors", "budget": 10**6}, "budget must be in"),
+        ("/api/search", {"ckpt": "rings/model.safetensors", "solver": "dpm_adaptive"}, "cannot drive a search"),
+        ("/api/search", {"ckpt": "rings/model.safetensors", "n": 0}, "n must be in"),
+        ("/api/sample", {"ckpt": "rings/model.safetensors", "solver": "auto", "grid": "karras"}, "chooses the grid"),
+        ("/api/sample", {"ckpt": "rings/model.safetensors", "solver": "auto", "nfe": 0}, "nfe must be in"),
+        ("/api/sample", {"ckpt": "rings/model.safetensors", "solver": "auto", "plan": {"solver": "x"}}, "studio plan"),
+        ("/api/sample", {"ckpt": "rings/model.safetensors", "grid": "saved:nothing-here"}, "saved:nothing-here"),
+    ],
+)
+def test_search_and_autotune_refusals(live, path, body, needle):
+    code, out = live.request("POST", path, body)
+    assert code == 400 and needle in out["error"], out
+
+
+def test_saved_searched_grid_is_offered_and_used(live):
+    """A grid saved for this model (``diffusio tune --save``) is listed for its checkpoint only and samples as the
+    same grid typed in."""
+    from diffusio.app.config import load_model
+    from diffusio.samplers.tuning import SearchedGrid, model_fingerprint, save_grid
+
+    model, _ = load_model(live.app.state.studio.root / "rings" / "model.safetensors")
+    ts = torch.tensor([0.999, 0.6, 0.2, 0.05, 0.001], dtype=torch.float64)
+    save_grid(SearchedGrid(ts, "heun", 4, 0.0, model_fingerprint(model), method="test"), "studio-test-rings")
+    listed = {name: live.request("GET", f"/api/checkpoint?path={name}/model.safetensors")[1]["searched_grids"]
+              for name in ("rings", "digits")}  # fmt: skip
+    assert "studio-test-rings" in listed["rings"] and "studio-test-rings" not in listed["digits"]
+    pics = []
+    for grid in ("saved:studio-test-rings", "0.999, 0.6, 0.2, 0.05, 0.001"):
+        code, out = live.request("POST", "/api/sample", {"ckpt": "rings/model.safetensors", "solver": "heun",
+                                                         "grid": grid, "batch": 32, "seed": 1})  # fmt: skip
+        assert code == 200, out
+        done = live.events(out["job"])[-1][1]
+        pics.append(png_pixels(urllib.request.urlopen(live.url + done["image"]).read()))
+    assert np.array_equal(*pics)
+    other = {"ckpt": "digits/model.safetensors", "grid": "saved:studio-test-rings"}
+    code, out = live.request("POST", "/api/sample", other)
+    assert code == 400 and "another model" in out["error"], out

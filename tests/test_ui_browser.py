@@ -174,3 +174,50 @@ def test_inpaint_a_drawn_mask_keeps_the_unmasked_pixels(page, tmp_path):
     page.click("#inpaint-btn")
     page.wait_for_selector("#error:not([hidden])")
     assert "the mask is 10x10 pixels but the model's images are 8x8" in page.inner_text("#error")
+
+
+def test_autotune_and_search_from_the_page(page, studio):
+    """Solver ``auto`` tunes and says what it chose; the search panel runs a search, shows the best samples and
+    draws the score-versus-calls curve; a searched grid saved for the model is offered in the grid list."""
+    import torch
+
+    from diffusio.app.config import load_model
+    from diffusio.samplers.tuning import SearchedGrid, model_fingerprint, save_grid
+
+    model, _ = load_model(studio.app.state.studio.root / "rings" / "model.safetensors")
+    ts = torch.tensor([0.999, 0.5, 0.1, 0.001], dtype=torch.float64)
+    save_grid(SearchedGrid(ts, "heun", 3, 0.0, model_fingerprint(model), method="test"), "browser-rings")
+    page.wait_for_function("!document.getElementById('sample-btn').disabled")
+    page.select_option("#ckpt", "rings/model.safetensors")
+    page.wait_for_function("document.getElementById('ckpt-info').textContent.includes('[2]')")
+    names = page.eval_on_selector_all("#grid-names option", "els => els.map(e => e.value)")
+    assert "saved:browser-rings" in names and "karras" in names
+    page.select_option("#solver", "auto")
+    assert page.is_visible("#nfe") and page.is_disabled("#steps")
+    set_fields(page, nfe=6, batch=64, seed=2)
+    page.click("#sample-btn")
+    page.wait_for_function("window.studio.lastDone !== null", timeout=120000)
+    done = page.evaluate("window.studio.lastDone")
+    plan = done["params"]["plan"]
+    assert done["nfe"] <= 6 and plan["solver"] in page.inner_text("#result-caption")
+    assert "auto (6 calls)" in page.inner_text("#result-caption")
+    assert any(e["event"] == "status" for e in page.evaluate("window.studio.events"))
+    # the search panel (self-consistency verifier on a 2-D model)
+    page.wait_for_function("!document.getElementById('search-btn').disabled")
+    assert page.input_value("#verifier") == "self"
+    page.select_option("#strategy", "best_of_n")
+    set_fields(page, **{"search-budget": 40, "search-steps": 4, "search-n": 8, "search-seed": 1})
+    page.click("#search-btn")
+    page.wait_for_function("window.studio.lastDone !== null && window.studio.lastDone.scores", timeout=120000)
+    found = page.evaluate("window.studio.lastDone")
+    assert found["params"]["strategy"] == "best_of_n" and found["nfe"] <= 40
+    assert page.get_attribute("#search-result", "src") == found["image"]
+    points = page.get_attribute("#search-curve polyline", "points").split()
+    assert len(points) == len(found["history"]) >= 2
+    assert "best_of_n" in page.inner_text("#search-caption")
+    # a bad search is refused on the page
+    set_fields(page, **{"search-budget": 2})
+    page.click("#search-btn")
+    page.wait_for_selector("#error:not([hidden])")
+    assert "below one sample's cost" in page.inner_text("#error")
+    set_fields(page, **{"search-budget": 40})

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["add_tune_parser", "plan_for", "sample_auto", "tune_data"]
+__all__ = ["add_tune_parser", "cached_plan", "plan_for", "sample_auto", "tune_data"]
 
 
 def tune_data(cfg: dict, n: int = 1024) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -83,7 +83,7 @@ def sample_auto(model, cfg: dict, args, opts: dict, labels, save_samples) -> int
         raise ValueError("--solver auto needs --nfe N (the budget of model calls per sample)")
     if opts:
         raise ValueError("--solver auto chooses the options itself; drop --opt")
-    plan = _tuned(model, args.nfe) or plan_for(model, cfg, args.nfe)
+    plan = cached_plan(model, args.nfe) or plan_for(model, cfg, args.nfe)
     extra = {k: v for k, v in plan.kwargs(model).items() if k not in ("solver", "steps", "grid")}
     x, nfe = generate(
         model, tuple(cfg["data_shape"]), args.n, solver=plan.solver, steps=plan.steps, grid=plan.grid,
@@ -98,7 +98,7 @@ def sample_auto(model, cfg: dict, args, opts: dict, labels, save_samples) -> int
     return 0
 
 
-def _tuned(model, nfe: int):
+def cached_plan(model, nfe: int):
     """The newest plan ``diffusio tune`` cached for this model and budget (None if none, or if it needs DPM-Solver-v3
     statistics, which ``plan_for`` restores)."""
     import json

@@ -28,9 +28,13 @@ from diffusio.core.parametrization import convert
 from diffusio.models.base import ModelBase, ModelWrapper
 
 __all__ = [
+    "MAX_AUTOTUNE_NFE",
     "MAX_BATCH",
+    "MAX_SEARCH_BUDGET",
+    "MAX_SEARCH_OUTPUTS",
     "MAX_STEPS",
     "PNG_KEY",
+    "SEARCH_VERIFIERS",
     "BadRequest",
     "Cancelled",
     "Job",
@@ -42,6 +46,10 @@ __all__ = [
 MAX_STEPS = 1000
 MAX_BATCH = 256
 MAX_COMPARE_CELLS = 36
+MAX_AUTOTUNE_NFE = 100  # autotune budgets the page offers (model calls per sample)
+MAX_SEARCH_BUDGET = 4096  # model calls per output a search may spend
+MAX_SEARCH_OUTPUTS = 64
+SEARCH_VERIFIERS = ("classifier", "self")
 PNG_KEY = "diffusio"  # the PNG text chunk holding a picture's parameters (JSON)
 GRID_NAMES = ("uniform", "logsnr", "karras", "quadratic")
 INPAINT_METHODS = ("dps", "pigdm", "reddiff", "pinv")
@@ -225,10 +233,14 @@ class SampleSpec:
     label: int | None
     preview_every: int
     options: dict = field(default_factory=dict)
+    nfe: int | None = None  # solver "auto": the budget of model calls per sample autotune plans for
+    plan: dict | None = None  # solver "auto": the plan used (solver, steps, grid, options), set once tuned
 
     def params(self) -> dict:
-        """What a PNG stores to re-run this request."""
+        """What a PNG stores to re-run this request (for ``auto``, the plan itself: a re-run does not re-tune)."""
+        extra = {} if self.solver != "auto" else {"nfe": self.nfe, "plan": self.plan}
         return {
+            **extra,
             "kind": "sample",
             "ckpt": self.ckpt,
             "solver": self.solver,
@@ -264,6 +276,32 @@ class _Watch(ModelWrapper):
             self.job.preview(self.calls, self.total, float(t.flatten()[0]), self.last)
         self.calls += 1
         return convert(out, "x0", kind, x, t, self.path)
+
+
+class _Ticker(ModelWrapper):
+    """Passes every call through unchanged (same prediction kind, so results equal the front door's), counts calls,
+    stops within one call when cancelled, and reports progress at most every ``interval`` seconds, with the x0 of
+    the first 16 samples of the batch as a preview (for long jobs without a step callback: autotune, search)."""
+
+    def __init__(self, inner: ModelBase, job: Job, phase: str, total: int | None = None, interval: float = 0.25):
+        super().__init__(inner)
+        self.job, self.phase, self.total, self.interval = job, phase, total, interval
+        self.calls, self.sent, self.last = 0, 0.0, None
+
+    def predict(self, x: Tensor, t: Tensor, kind: str = "x0", **cond) -> Tensor:
+        if self.job.cancel_event.is_set():
+            raise Cancelled(self.last, self.calls)
+        t0 = time.perf_counter()
+        out = self.inner.predict(x, t, kind, **cond)
+        self.job.step_seconds.append(time.perf_counter() - t0)
+        self.calls += 1
+        if t0 - self.sent >= self.interval:
+            self.sent = t0
+            x0 = convert(out.detach()[:16], kind, "x0", x[:16], t.reshape(-1)[:16] if t.numel() > 1 else t, self.path)
+            self.last = x0
+            self.job.emit("progress", step=self.calls, steps=self.total, t=float(t.flatten()[0]), phase=self.phase,
+                          step_seconds=self.job.step_seconds[-1], preview=data_url(png_bytes(render(x0))))  # fmt: skip
+        return out
 
 
 class Job:
@@ -388,6 +426,7 @@ class Studio:
             "family": cfg.get("family", "diffusion"),
             "images": len(shape) == 3,
             "data": cfg.get("data", {}),
+            "searched_grids": self.searched_grids(rel),
         }
 
     # ------------------------------------------------------------------ validation
@@ -402,24 +441,18 @@ class Studio:
         if cfg.get("family", "diffusion") != "diffusion":
             raise BadRequest(f"the studio samples diffusion/flow checkpoints; {ckpt} is a {cfg['family']!r} model")
         solver = p.get("solver", "heun")
+        if solver == "auto":
+            return self._auto_spec(p, ckpt, cfg)
         if solver not in SOLVERS:
-            raise BadRequest(f"unknown solver {solver!r}; valid: {', '.join(sorted(SOLVERS))}")
+            raise BadRequest(f"unknown solver {solver!r}; valid: auto, {', '.join(sorted(SOLVERS))}")
         spec = SOLVERS[solver]
         if spec.needs:
             raise BadRequest(f"solver {solver!r} needs {', '.join(spec.needs)}, which the studio cannot supply")
         steps = _int(p, "steps", 18, 1, MAX_STEPS)
-        grid, steps = parse_grid(p.get("grid"), steps)
+        grid, steps = self._grid(ckpt, p.get("grid"), steps)
         if steps < spec.min_steps:
             raise BadRequest(f"steps must be in [{spec.min_steps}, {MAX_STEPS}] for solver {solver!r}; got {steps}")
-        scale = _float(p, "scale", 1.0, 0.0, 20.0)
-        k = cfg.get("num_classes")
-        label = p.get("label")
-        if label is not None:
-            if not k:
-                raise BadRequest("label was given but this model is not class-conditional")
-            label = _int(p, "label", 0, 0, k - 1)
-        if scale != 1.0 and not k:
-            raise BadRequest("guidance scale applies to class-conditional models only; this one has no classes (use 1)")
+        scale, label = self._scale_label(p, cfg)
         options = p.get("options") or {}
         if not isinstance(options, dict) or not all(isinstance(v, int | float) for v in options.values()):
             raise BadRequest('options must be an object of numeric solver options, e.g. {"eta": 0.5}')
@@ -440,6 +473,97 @@ class Studio:
             preview_every=_int(p, "preview_every", 1, 1, MAX_STEPS),
             options={k_: float(v) for k_, v in options.items()},
         )
+
+    @staticmethod
+    def _scale_label(p: dict, cfg: dict) -> tuple[float, int | None]:
+        scale = _float(p, "scale", 1.0, 0.0, 20.0)
+        k = cfg.get("num_classes")
+        label = p.get("label")
+        if label is not None:
+            if not k:
+                raise BadRequest("label was given but this model is not class-conditional")
+            label = _int(p, "label", 0, 0, k - 1)
+        if scale != 1.0 and not k:
+            raise BadRequest("guidance scale applies to class-conditional models only; this one has no classes (use 1)")
+        return scale, label
+
+    def searched_grids(self, rel: str) -> list[str]:
+        """Names of the grids saved with ``diffusio tune --save`` (or ``save_grid``) for this checkpoint's model."""
+        from diffusio.samplers.tuning import list_grids, load_grid, model_fingerprint
+
+        model, _ = self.model(rel)
+        fp, out = model_fingerprint(model), []
+        for name in list_grids():
+            try:
+                if load_grid(name).fingerprint == fp:
+                    out.append(name)
+            except (ValueError, KeyError, OSError):  # an unreadable or foreign grid file is not offered
+                continue
+        return out
+
+    def _grid(self, rel: str, grid, steps: int):
+        """A grid name, a typed list, or ``saved:NAME`` (a searched grid saved for this model)."""
+        if isinstance(grid, str) and grid.strip().startswith("saved:"):
+            from diffusio.samplers.tuning import load_grid
+
+            name = grid.strip()[len("saved:") :]
+            model, _ = self.model(rel)
+            try:
+                g = load_grid(name, model)
+            except (ValueError, KeyError, FileNotFoundError) as e:
+                raise BadRequest(f"grid {grid!r}: {e}") from None
+            return g.ts.clone(), len(g.ts) - 1
+        return parse_grid(grid, steps)
+
+    def _auto_spec(self, p: dict, ckpt: str, cfg: dict) -> SampleSpec:
+        """Solver ``auto``: autotune plans solver, grid and options for ``nfe`` model calls per sample. A request
+        carrying a ``plan`` (a re-run from a PNG) samples with that plan and does not tune again."""
+        from diffusio.samplers import SOLVERS
+
+        if p.get("grid") not in (None, "", "default"):
+            raise BadRequest("solver auto chooses the grid itself; clear the grid field (or pick a solver)")
+        if p.get("options"):
+            raise BadRequest("solver auto chooses the solver options itself; drop options")
+        nfe = _int(p, "nfe", 10, 1, MAX_AUTOTUNE_NFE)
+        plan = p.get("plan")
+        if plan is not None:
+            if not isinstance(plan, dict) or plan.get("solver") not in SOLVERS or SOLVERS[plan["solver"]].needs:
+                raise BadRequest("plan must be a studio plan: {solver, steps, grid, options} with a registered solver")
+            grid, steps = parse_grid(plan.get("grid"), 1)
+            opts = plan.get("options") or {}
+            if not isinstance(grid, Tensor) or not isinstance(opts, dict):
+                raise BadRequest("a plan's grid must be a list of decreasing times and its options an object")
+            plan = {"solver": plan["solver"], "steps": steps, "grid": [float(v) for v in grid], "options": opts,
+                    "grid_source": str(plan.get("grid_source", "")), "error": plan.get("error")}  # fmt: skip
+        scale, label = self._scale_label(p, cfg)
+        return SampleSpec(
+            ckpt=ckpt, solver="auto", steps=0, grid=None, grid_text=None, scale=scale, seed=_seed(p),
+            batch=_int(p, "batch", 16, 1, MAX_BATCH), label=label,
+            preview_every=_int(p, "preview_every", 1, 1, MAX_STEPS), nfe=nfe, plan=plan,
+        )  # fmt: skip
+
+    def tune(self, rel: str, nfe: int, job: Job | None) -> dict:
+        """The autotune plan for checkpoint ``rel`` at ``nfe`` calls: the one ``diffusio tune`` cached for this model
+        if any, else tuned now (progress and cancel through ``job``; cached for the next request). Solvers that
+        need precomputed statistics (DPM-Solver-v3) are left out, so a plan is fully stored in a PNG."""
+        from diffusio.app.tune_cli import cached_plan, plan_for
+        from diffusio.samplers import SOLVERS
+        from diffusio.samplers.tuning import CANDIDATES
+
+        model, cfg = self.model(rel)
+        plan = cached_plan(model, nfe)
+        if plan is None:
+            if job is not None:
+                job.emit("status", message=f"autotune: searching solvers and grids for {nfe} model calls")
+            watched = model if job is None else _Ticker(model, job, "autotune")
+            solvers = tuple(s for s in CANDIDATES if not SOLVERS[s].needs)
+            try:
+                plan = plan_for(watched, cfg, nfe, solvers=solvers, progress=False)
+            except ValueError as e:  # e.g. a budget below the cheapest solver
+                raise BadRequest(f"autotune: {e}") from None
+        return {"solver": plan.solver, "steps": plan.steps, "grid": [float(v) for v in plan.grid],
+                "options": dict(plan.options), "grid_source": plan.grid_source, "error": plan.error,
+                "search_calls": plan.search_calls}  # fmt: skip
 
     # ------------------------------------------------------------------ running
     def start(self, kind: str, params: dict, target) -> Job:
@@ -478,6 +602,17 @@ class Studio:
         from diffusio.guidance import ClassifierFreeGuidance
         from diffusio.samplers import Step, sample
 
+        if s.solver == "auto" and s.plan is None:
+            s.plan = self.tune(s.ckpt, s.nfe, job)
+            if job is not None:
+                job.step_seconds.clear()
+                job.emit("status", message=f"autotune chose {s.plan['solver']} with {s.plan['steps']} steps "
+                                           f"({s.plan['grid_source']} grid)")  # fmt: skip
+        solver, steps, grid, options = s.solver, s.steps, s.grid, s.options
+        if s.solver == "auto":
+            plan = s.plan
+            solver, steps, options = plan["solver"], plan["steps"], plan["options"]
+            grid = torch.tensor(plan["grid"], dtype=torch.float64)
         model, cfg = self.model(s.ckpt)
         k = cfg.get("num_classes")
         cond = None
@@ -498,22 +633,22 @@ class Studio:
                 state = step.x0 if step.x0 is not None else step.x
                 if job.cancel_event.is_set():
                     raise Cancelled(state.detach().clone(), step.i + 1)
-                if preview and (step.i % s.preview_every == 0 or step.i == s.steps - 1):
-                    job.preview(step.i, s.steps, step.t, state)
+                if preview and (step.i % s.preview_every == 0 or step.i == steps - 1):
+                    job.preview(step.i, steps, step.t, state)
 
         res = sample(
             model,
             shape=(s.batch, *cfg["data_shape"]),
-            solver=s.solver,
-            steps=s.steps,
-            grid=s.grid,
+            solver=solver,
+            steps=steps,
+            grid=grid,
             cond=cond,
             generator=g,
             callback=callback,
-            **s.options,
+            **options,
         )
         if not torch.isfinite(res.x).all():
-            raise BadRequest(f"solver {s.solver!r} at {s.steps} steps produced NaN/inf; try more steps", 422)
+            raise BadRequest(f"solver {solver!r} at {steps} steps produced NaN/inf; try more steps", 422)
         return res.x, res.nfe
 
     def save(self, png: bytes, prefix: str) -> str:
@@ -668,6 +803,93 @@ class Studio:
 
         return self.start("inpaint", params, target)
 
+    def search_spec(self, p: dict) -> dict:
+        """Validate a search request: strategy, budget (model calls per output), outputs, verifier (the digits metric
+        classifier's belief in ``label``, or self-consistency), solver, steps and seed."""
+        from diffusio.samplers import SOLVERS
+        from diffusio.scaling import STRATEGIES
+
+        if not isinstance(p, dict):
+            raise BadRequest("the request body must be a JSON object")
+        ckpt = p.get("ckpt")
+        _, cfg = self.model(ckpt)
+        if cfg.get("family", "diffusion") != "diffusion":
+            raise BadRequest(f"the studio searches diffusion/flow checkpoints; {ckpt} is a {cfg['family']!r} model")
+        strategy = p.get("strategy", "best_of_n")
+        if strategy not in STRATEGIES:
+            raise BadRequest(f"unknown strategy {strategy!r}; valid: {', '.join(STRATEGIES)}")
+        digits = cfg.get("data", {}).get("name") == "digits"
+        verifier = p.get("verifier", "classifier" if digits else "self")
+        if verifier not in SEARCH_VERIFIERS:
+            raise BadRequest(f"unknown verifier {verifier!r}; valid: {', '.join(SEARCH_VERIFIERS)}")
+        k = cfg.get("num_classes")
+        label = p.get("label")
+        if label is not None:
+            label = _int(p, "label", 0, 0, (k or 10) - 1)
+        if verifier == "classifier":
+            if not digits:
+                raise BadRequest("verifier 'classifier' is the digits metric classifier: use it with a digits model, "
+                                 "or pick verifier 'self'")  # fmt: skip
+            if label is None:
+                raise BadRequest("verifier 'classifier' scores the probability of a class: set the class")
+        particle = strategy in ("smc", "rbf")
+        solver = p.get("solver") or ("euler_maruyama" if particle else "heun")
+        if solver not in SOLVERS or SOLVERS[solver].needs or SOLVERS[solver].calls_per_step is None:
+            valid = sorted(n for n, v in SOLVERS.items() if not v.needs and v.calls_per_step is not None)
+            raise BadRequest(f"solver {solver!r} cannot drive a search; valid: {', '.join(valid)}")
+        steps = _int(p, "steps", 10, max(1, SOLVERS[solver].min_steps), MAX_STEPS)
+        budget = _int(p, "budget", 64, 1, MAX_SEARCH_BUDGET)
+        cost = SOLVERS[solver].nfe(steps) + (verifier == "self")
+        if budget < cost:
+            raise BadRequest(f"budget {budget} is below one sample's cost ({cost} model calls for {solver} at {steps} "
+                             f"steps{' + 1 for the self verifier' if verifier == 'self' else ''}); raise the budget "
+                             "or lower the steps")  # fmt: skip
+        return {"kind": "search", "ckpt": ckpt, "strategy": strategy, "verifier": verifier, "label": label,
+                "solver": solver, "steps": steps, "budget": budget, "n": _int(p, "n", 8, 1, MAX_SEARCH_OUTPUTS),
+                "seed": _seed(p)}  # fmt: skip
+
+    def _search(self, q: dict, job: Job | None):
+        """Run a validated search through :func:`diffusio.scaling.search`; returns its SearchResult."""
+        from diffusio.app.scaling_cli import digits_verifier
+        from diffusio.scaling import SelfConsistency, search
+
+        model, cfg = self.model(q["ckpt"])
+        n, k = q["n"], cfg.get("num_classes")
+        cond = vcond = None
+        if q["label"] is not None:
+            vcond = {"y": torch.full((n,), q["label"])}
+            if k:
+                cond = vcond
+        if q["verifier"] == "classifier":
+            data = cfg.get("data", {})
+            verifier = digits_verifier(size=data.get("size", 8), mode=data.get("mode", "pad"))
+        else:
+            verifier = SelfConsistency(model)
+        watched = model if job is None else _Ticker(model, job, "search", total=None)
+        try:
+            return search(watched, verifier, shape=(n, *cfg["data_shape"]), strategy=q["strategy"],
+                          budget=q["budget"], solver=q["solver"], steps=q["steps"], cond=cond, verifier_cond=vcond,
+                          generator=torch.Generator().manual_seed(q["seed"]))  # fmt: skip
+        except ValueError as e:  # a combination search refuses (e.g. too few particles for the steps)
+            raise BadRequest(f"search: {e}") from None
+
+    def run_search(self, p: dict) -> Job:
+        """Start an inference-time search; the best samples (best first) go to the gallery with their parameters."""
+        q = self.search_spec(p)
+
+        def target(job: Job) -> None:
+            t0 = time.perf_counter()
+            res = self._search(q, job)
+            job.sampling_seconds = time.perf_counter() - t0
+            order = res.scores.argsort(descending=True)
+            name = self.save(png_bytes(render(res.x[order]), q), "search")
+            job.emit("done", image=f"/gallery/{name}", name=name, params=q, nfe=float(res.nfe.double().mean()),
+                     scores=res.scores[order].tolist(), history=[list(h) for h in res.history],
+                     summary={k_: v for k_, v in res.summary().items() if isinstance(v, int | float | str)},
+                     sampling_seconds=job.sampling_seconds)  # fmt: skip
+
+        return self.start("search", q, target)
+
     def rerun(self, params: dict) -> Job:
         """Re-run from the parameters stored in a studio PNG."""
         kind = params.get("kind")
@@ -675,6 +897,8 @@ class Studio:
             return self.run_sample(params)
         if kind == "inpaint":
             return self.run_inpaint(params)
+        if kind == "search":
+            return self.run_search(params)
         raise BadRequest(f"cannot re-run parameters of kind {kind!r}")
 
     def gallery_items(self) -> list[dict]:

@@ -6,7 +6,18 @@ import json
 from importlib import resources
 from pathlib import Path
 
-from diffusio.app.ui.jobs import INPAINT_METHODS, MAX_BATCH, MAX_STEPS, BadRequest, Studio, read_png_params
+from diffusio.app.ui.jobs import (
+    INPAINT_METHODS,
+    MAX_AUTOTUNE_NFE,
+    MAX_BATCH,
+    MAX_SEARCH_BUDGET,
+    MAX_SEARCH_OUTPUTS,
+    MAX_STEPS,
+    SEARCH_VERIFIERS,
+    BadRequest,
+    Studio,
+    read_png_params,
+)
 
 __all__ = ["create_app"]
 
@@ -23,6 +34,7 @@ def create_app(root: str | Path = "runs", gallery: str | Path | None = None):
 
     from diffusio.inverse import METHODS
     from diffusio.samplers import SOLVERS
+    from diffusio.scaling import STRATEGIES
 
     studio = Studio(root, gallery)
     app = FastAPI(title="diffusio studio", docs_url=None, redoc_url=None)
@@ -62,6 +74,11 @@ def create_app(root: str | Path = "runs", gallery: str | Path | None = None):
             "methods": methods,
             "max_steps": MAX_STEPS,
             "max_batch": MAX_BATCH,
+            "max_autotune_nfe": MAX_AUTOTUNE_NFE,
+            "strategies": list(STRATEGIES),
+            "verifiers": list(SEARCH_VERIFIERS),
+            "max_search_budget": MAX_SEARCH_BUDGET,
+            "max_search_outputs": MAX_SEARCH_OUTPUTS,
         }
 
     @app.get("/api/checkpoint")
@@ -80,6 +97,12 @@ def create_app(root: str | Path = "runs", gallery: str | Path | None = None):
     async def sample(request: Request):
         p = await body(request)
         job = await asyncio.to_thread(studio.run_sample, p)
+        return {"job": job.id, "params": job.params}
+
+    @app.post("/api/search")
+    async def search(request: Request):
+        p = await body(request)
+        job = await asyncio.to_thread(studio.run_search, p)
         return {"job": job.id, "params": job.params}
 
     @app.post("/api/compare")

@@ -35,9 +35,15 @@ async function loadInfo() {
   const info = await api("GET", "/api/info");
   state.info = info;
   $("ckpt").innerHTML = info.checkpoints.map((c) => `<option>${c}</option>`).join("");
-  $("solver").innerHTML = info.solvers.map((s) => `<option value="${s.name}" title="${s.summary}">${s.name}</option>`).join("");
+  $("solver").innerHTML = `<option value="auto" title="autotune: the solver, grid and options measured best for a budget of model calls">auto (autotune)</option>` +
+    info.solvers.map((s) => `<option value="${s.name}" title="${s.summary}">${s.name}</option>`).join("");
   $("solver").value = "heun";
   $("grid-names").innerHTML = info.grids.map((g) => `<option value="${g}">`).join("");
+  $("strategy").innerHTML = info.strategies.map((s) => `<option>${s}</option>`).join("");
+  $("strategy").value = "best_of_n";
+  $("verifier").innerHTML = info.verifiers.map((v) => `<option>${v}</option>`).join("");
+  $("search-solver").innerHTML += info.solvers.filter((s) => s.name !== "dpm_adaptive").map((s) => `<option>${s.name}</option>`).join("");
+  $("nfe").max = info.max_autotune_nfe;
   $("method").innerHTML = info.methods.map((m) => `<option value="${m.name}" title="${m.summary}">${m.name}</option>`).join("");
   if (!info.checkpoints.length) showError(`no checkpoints under ${info.root}: train one with \`diffusio train moons\``);
   else await selectCheckpoint();
@@ -50,7 +56,17 @@ async function selectCheckpoint() {
   state.shape = d.data_shape;
   $("ckpt-info").textContent = `${d.family}, data ${JSON.stringify(d.data_shape)}` + (d.num_classes ? `, ${d.num_classes} classes` : "");
   $("inpaint-panel").hidden = !d.images;
+  // named grids, then the searched grids saved for this model (diffusio tune --save NAME)
+  $("grid-names").innerHTML = state.info.grids.concat(d.searched_grids.map((g) => `saved:${g}`)).map((g) => `<option value="${g}">`).join("");
+  $("verifier").value = d.data && d.data.name === "digits" ? "classifier" : "self";
   if (d.images) { resetMask(); await loadSource(); }
+}
+
+function autoMode() {
+  const auto = $("solver").value === "auto";
+  $("nfe-label").hidden = !auto;
+  $("steps").disabled = auto;
+  $("grid").disabled = auto;
 }
 
 function sampleParams() {
@@ -63,7 +79,8 @@ function sampleParams() {
     preview_every: Number($("preview-every").value),
     seed: $("random-seed").checked ? "random" : Number($("seed").value),
   };
-  if ($("grid").value.trim()) p.grid = $("grid").value.trim();
+  if (p.solver === "auto") { p.nfe = Number($("nfe").value); delete p.steps; }
+  else if ($("grid").value.trim()) p.grid = $("grid").value.trim();
   if ($("label").value !== "") p.label = Number($("label").value);
   return p;
 }
@@ -72,6 +89,7 @@ function setRunning(on) {
   $("sample-btn").disabled = on;
   $("inpaint-btn").disabled = on;
   $("compare-btn").disabled = on;
+  $("search-btn").disabled = on;
   $("cancel-btn").disabled = !on;
 }
 
@@ -87,11 +105,12 @@ function follow(jobId, handlers) {
   on("progress", (d) => {
     if (window.studio.times.firstPreview === undefined) window.studio.times.firstPreview = performance.now();
     window.studio.times.lastPreview = performance.now();
-    $("progress").max = d.steps;
-    $("progress").value = d.step;
-    $("status").textContent = `step ${d.step} / ${d.steps}` + (d.step_seconds ? ` (${(1000 * d.step_seconds).toFixed(1)} ms/step)` : "");
+    if (d.steps) { $("progress").max = d.steps; $("progress").value = d.step; } else $("progress").removeAttribute("value");
+    const what = d.phase ? `${d.phase}: ${d.step} model calls` : `step ${d.step} / ${d.steps}`;
+    $("status").textContent = what + (d.step_seconds ? ` (${(1000 * d.step_seconds).toFixed(1)} ms/call)` : "");
     (handlers.progress || (() => {}))(d);
   });
+  on("status", (d) => { $("status").textContent = d.message; });
   on("done", (d) => { window.studio.times.done = performance.now(); window.studio.lastDone = d; handlers.done(d); loadGallery(); });
   on("cancelled", (d) => {
     window.studio.times.cancelled = performance.now();
@@ -113,14 +132,19 @@ async function runSample(params) {
   try { r = await api("POST", "/api/sample", params || sampleParams()); } catch (e) { $("status").textContent = "refused"; return; }
   if (r.params && r.params.seed !== undefined) $("seed").value = r.params.seed;
   follow(r.job, {
-    progress: (d) => { $("preview").src = d.preview; $("preview-step").textContent = `step ${d.step}`; },
+    progress: (d) => { $("preview").src = d.preview; $("preview-step").textContent = d.phase ? `(${d.phase})` : `step ${d.step}`; },
     done: (d) => {
       $("result").src = d.image;
-      $("result-caption").textContent = `${d.params.solver}, ${d.params.steps} steps, ${d.nfe} calls, seed ${d.params.seed}`;
+      $("result-caption").textContent = describeSample(d.params) + `, ${d.nfe} calls, seed ${d.params.seed}`;
       $("status").textContent = `done in ${d.sampling_seconds.toFixed(2)} s`;
     },
     cancelled: (d) => { $("result").src = d.state; $("result-caption").textContent = `state when cancelled (step ${d.step})`; },
   });
+}
+
+function describeSample(p) {
+  if (p.solver !== "auto" || !p.plan) return `${p.solver}, ${p.steps} steps`;
+  return `auto (${p.nfe} calls): ${p.plan.solver}, ${p.plan.steps} steps on its ${p.plan.grid_source || "tuned"} grid`;
 }
 
 async function cancelJob() {
@@ -276,11 +300,66 @@ async function runCompare() {
   });
 }
 
+// ------------------------------------------------------------------ search
+function searchParams() {
+  const p = {
+    ckpt: state.ckpt,
+    strategy: $("strategy").value,
+    verifier: $("verifier").value,
+    budget: Number($("search-budget").value),
+    n: Number($("search-n").value),
+    steps: Number($("search-steps").value),
+    seed: Number($("search-seed").value),
+  };
+  if ($("search-solver").value) p.solver = $("search-solver").value;
+  if ($("search-label").value !== "") p.label = Number($("search-label").value);
+  return p;
+}
+
+function drawCurve(history) {
+  // best verifier score (mean over outputs) against model calls per output, as an SVG polyline
+  const svg = $("search-curve");
+  if (!history.length) { svg.innerHTML = ""; return; }
+  const xs = history.map((h) => h[0]), ys = history.map((h) => h[1]);
+  const [x0, x1] = [Math.min(...xs), Math.max(...xs)], [y0, y1] = [Math.min(...ys), Math.max(...ys)];
+  const px = (x) => 30 + 216 * (x1 > x0 ? (x - x0) / (x1 - x0) : 0.5);
+  const py = (y) => 226 - 206 * (y1 > y0 ? (y - y0) / (y1 - y0) : 0.5);
+  const pts = history.map((h) => `${px(h[0]).toFixed(1)},${py(h[1]).toFixed(1)}`).join(" ");
+  svg.innerHTML = `<polyline points="${pts}"></polyline>` +
+    `<text x="30" y="248">${x0.toFixed(0)}</text><text x="246" y="248" text-anchor="end">${x1.toFixed(0)} calls</text>` +
+    `<text x="2" y="16">${y1.toPrecision(3)}</text><text x="2" y="232">${y0.toPrecision(3)}</text>`;
+}
+
+function showSearch(d) {
+  $("search-result").src = d.image;
+  $("search-caption").textContent = `${d.params.strategy}, ${d.params.verifier} verifier: mean best score ` +
+    `${d.summary.score_mean.toPrecision(3)}, ${d.nfe.toFixed(0)} calls per output`;
+  $("search-status").textContent = `searched in ${d.sampling_seconds.toFixed(2)} s`;
+  $("status").textContent = $("search-status").textContent;
+  drawCurve(d.history);
+}
+
+async function runSearch() {
+  window.studio.times = { click: performance.now() };
+  window.studio.events = [];
+  window.studio.lastDone = null;
+  $("search-status").textContent = "starting";
+  let r;
+  try { r = await api("POST", "/api/search", searchParams()); } catch (e) { $("search-status").textContent = "refused"; return; }
+  if (r.params && r.params.seed !== undefined) $("search-seed").value = r.params.seed;
+  follow(r.job, {
+    progress: (d) => { $("search-result").src = d.preview; $("search-status").textContent = `${d.step} model calls`; },
+    done: showSearch,
+    cancelled: (d) => { $("search-status").textContent = `cancelled after ${d.step} model calls`; },
+  });
+}
+
 async function loadGallery() {
   const items = await api("GET", "/api/gallery");
   $("gallery").innerHTML = items.map((it) => {
     const p = it.params;
-    const what = p.kind === "sample" ? `${p.solver} ${p.steps} steps, seed ${p.seed}` : `${p.kind} ${p.method}, seed ${p.seed}`;
+    const what = p.kind === "sample" ? `${describeSample(p)}, seed ${p.seed}`
+      : p.kind === "search" ? `search ${p.strategy} (${p.budget} calls), seed ${p.seed}` : `${p.kind} ${p.method}, seed ${p.seed}`;
     return `<div class="item"><a href="${it.image}" target="_blank"><img src="${it.image}"></a><br>${what}<br>` +
       `<button class="rerun" data-name="${it.name}">re-run from image</button></div>`;
   }).join("");
@@ -297,10 +376,18 @@ async function rerun(body) {
   if (p.kind === "sample") {
     $("solver").value = p.solver; $("steps").value = p.steps; $("seed").value = p.seed; $("batch").value = p.batch;
     $("scale").value = p.scale; $("grid").value = p.grid || "";
+    if (p.solver === "auto") $("nfe").value = p.nfe;
+    autoMode();
   }
+  if (p.kind === "search") {
+    for (const [k, id] of [["strategy", "strategy"], ["verifier", "verifier"], ["budget", "search-budget"], ["n", "search-n"],
+      ["steps", "search-steps"], ["seed", "search-seed"], ["solver", "search-solver"]]) $(id).value = p[k];
+    $("search-label").value = p.label === null || p.label === undefined ? "" : p.label;
+  }
+  if (p.kind === "search") { follow(r.job, { progress: (d) => { $("search-result").src = d.preview; }, done: showSearch }); return; }
   const target = p.kind === "sample" ? ["result", "result-caption"] : ["inpaint-result", "inpaint-caption"];
   follow(r.job, {
-    progress: (d) => { if (p.kind === "sample") $("preview").src = d.preview; },
+    progress: (d) => { if (p.kind === "sample" && d.preview) $("preview").src = d.preview; },
     done: (d) => {
       $(target[0]).src = d.result || d.image;
       $(target[1]).textContent = `re-run of ${body.name || "uploaded PNG"}`;
@@ -316,6 +403,8 @@ window.addEventListener("DOMContentLoaded", () => {
   $("cancel-btn").onclick = () => cancelJob();
   $("inpaint-btn").onclick = () => runInpaint();
   $("compare-btn").onclick = () => runCompare();
+  $("search-btn").onclick = () => runSearch();
+  $("solver").onchange = () => autoMode();
   $("clear-mask").onclick = () => resetMask();
   $("source-index").onchange = () => loadSource().catch(() => {});
   $("source-upload").onchange = async (e) => {
