@@ -1,5 +1,6 @@
 """``diffusio demo``: train a 2-D model and a digits model on bundled data, sample each with the baseline samplers
-and the fast multistep solvers at several step counts, show classifier-free guidance and an inpainting problem on
+and the fast multistep solvers at several step counts (and, on the 2-D model, with ``autotune``'s plan at 5 and 10
+calls), show classifier-free guidance and an inpainting problem on
 the digits model, compare the model families on the same 2-D data (``demo_families``), and write pictures,
 quality-versus-calls plots, metrics JSON and a report."""
 
@@ -23,6 +24,11 @@ BASELINES = ("euler", "heun", "ddim", "ddpm", "euler_maruyama")
 FAST = ("dpmpp_2m", "unipc", "dpmpp_3m")  # the multistep exponential integrators, at few calls
 STEPS = (5, 10, 20, 50)
 FAST_STEPS = (5, 10)
+# autotune on the 2-D model at the FAST_STEPS budgets: the multistep candidates (DPM-Solver-v3 left out: its
+# statistics would add a minute), a smaller search than the library default so the two budgets cost about 10 s
+AUTOTUNE = {"solvers": ("ddim", "heun", "dpmpp_2m", "dpmpp_3m", "unipc", "unipc3", "ipndm"), "n": 64,
+            "max_evals": 20, "dp_lattice": 40}  # fmt: skip
+AUTOTUNE_FAST = {**AUTOTUNE, "n": 16, "max_evals": 4, "dp_lattice": 12}
 GUIDANCE_SCALES = (0.0, 1.0, 2.0)  # classifier-free guidance: unconditional, conditional, guided
 
 
@@ -59,7 +65,9 @@ def _train(name: str, out: Path, steps: int | None) -> tuple[torch.nn.Module, di
     return model, cfg, time.perf_counter() - t0
 
 
-def _sweep(model, cfg, n: int, metric: str, steps_list, log) -> list[dict]:
+def _sweep(model, cfg, n: int, metric: str, steps_list, log, tune: dict | None = None) -> list[dict]:
+    """The solvers at each step count; with ``tune`` (autotune settings), also autotune's plan at each FAST_STEPS
+    budget (its search cost in model calls and seconds in the row)."""
     rows = []
     labels = torch.arange(n) % cfg["num_classes"] if cfg.get("num_classes") else None
     runs = [(s, k) for s in BASELINES for k in steps_list]
@@ -71,6 +79,21 @@ def _sweep(model, cfg, n: int, metric: str, steps_list, log) -> list[dict]:
         m = evaluate(x, cfg["data"], n_ref=n)
         rows.append({"solver": solver, "steps": steps, "nfe": nfe, "seconds": secs, **m})
         log(f"  {solver:<15} steps={steps:<3} nfe={nfe:<4} {metric}={m[metric]:.4f}  ({secs:.1f}s)")
+    for budget in [k for k in steps_list if k in FAST_STEPS] if tune is not None else []:
+        from diffusio.app.tune_cli import plan_for
+
+        t0 = time.perf_counter()
+        plan = plan_for(model, cfg, budget, progress=False, **tune)
+        tune_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        x, nfe = generate(model, tuple(cfg["data_shape"]), n, solver=plan.solver, steps=plan.steps, grid=plan.grid,
+                          seed=1, labels=labels, **plan.options)  # fmt: skip
+        secs = time.perf_counter() - t0
+        m = evaluate(x, cfg["data"], n_ref=n)
+        chosen = f"{plan.solver} on {plan.grid_source}"
+        rows.append({"solver": "auto", "steps": plan.steps, "nfe": nfe, "seconds": secs, "plan": chosen,
+                     "search_calls": plan.search_calls, "search_seconds": tune_s, **m})  # fmt: skip
+        log(f"  auto ({chosen}) nfe={nfe:<4} {metric}={m[metric]:.4f}  (tuned in {tune_s:.1f}s, {secs:.1f}s)")
     return rows
 
 
@@ -110,7 +133,8 @@ def run_demo(out: Path, fast: bool = False, log=print, parts: tuple[str, ...] = 
         log(f"[{key}] training {cfg_name} ...")
         model, cfg, train_s = _train(cfg_name, out / key, 200 if fast else None)
         log(f"[{key}] trained in {train_s:.0f}s; sampling with {', '.join(BASELINES + FAST)} at steps {steps_list}")
-        rows = _sweep(model, cfg, n, metric, steps_list, log)
+        tune = (AUTOTUNE_FAST if fast else AUTOTUNE) if key == "2d" else None
+        rows = _sweep(model, cfg, n, metric, steps_list, log, tune)
         floor = _floor(cfg, n, metric)
         plot_curves(
             _curves(rows, metric),
@@ -217,7 +241,22 @@ def _report(res: dict) -> str:
         ]
         for r in m["rows"]:
             cells = " | ".join(f"{r[c]:.4f}" for c in _columns(m["metric"], key))
-            lines.append(f"| {r['solver']} | {r['steps']} | {r['nfe']} | {cells} | {r['seconds']:.1f} |")
+            name = f"auto: {r['plan']}" if r["solver"] == "auto" else r["solver"]
+            lines.append(f"| {name} | {r['steps']} | {r['nfe']} | {cells} | {r['seconds']:.1f} |")
+        auto = [r for r in m["rows"] if r["solver"] == "auto"]
+        if auto:  # autotune's plans and what their search cost
+            lines += [
+                "",
+                "`auto`: `autotune`'s plan for that budget of model calls: "
+                + "; ".join(
+                    f"{r['nfe']} calls -> {r['plan']} (search: {r['search_calls']} model calls, "
+                    f"{r['search_seconds']:.0f} s)"
+                    for r in auto
+                )
+                + ". The search is paid once per model and budget (plans are cached) and runs from "
+                "`diffusio tune CKPT --nfe 5,10`; its cost on the digits U-Net (minutes here) keeps it off the digits "
+                "page.",
+            ]
         best = min(m["rows"], key=lambda r: r[m["metric"]])
         em = [r for r in m["rows"] if r["solver"] == "euler_maruyama" and r[m["metric"]] > 10 * best[m["metric"]]]
         lines += [
