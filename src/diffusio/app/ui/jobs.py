@@ -430,16 +430,21 @@ class Studio:
         }
 
     # ------------------------------------------------------------------ validation
-    def sample_spec(self, p: dict) -> SampleSpec:
-        """Validate a sampling request (unknown solver, steps out of range, bad grid, ... -> BadRequest)."""
-        from diffusio.samplers import SOLVERS
-
+    def _diffusion_checkpoint(self, p: dict, verb: str) -> tuple[str, dict]:
+        """The request's checkpoint and config; refuses a non-object body or a non-diffusion family."""
         if not isinstance(p, dict):
             raise BadRequest("the request body must be a JSON object")
         ckpt = p.get("ckpt")
         _, cfg = self.model(ckpt)
         if cfg.get("family", "diffusion") != "diffusion":
-            raise BadRequest(f"the studio samples diffusion/flow checkpoints; {ckpt} is a {cfg['family']!r} model")
+            raise BadRequest(f"the studio {verb} diffusion/flow checkpoints; {ckpt} is a {cfg['family']!r} model")
+        return ckpt, cfg
+
+    def sample_spec(self, p: dict) -> SampleSpec:
+        """Validate a sampling request (unknown solver, steps out of range, bad grid, ... -> BadRequest)."""
+        from diffusio.samplers import SOLVERS
+
+        ckpt, cfg = self._diffusion_checkpoint(p, "samples")
         solver = p.get("solver", "heun")
         if solver == "auto":
             return self._auto_spec(p, ckpt, cfg)
@@ -809,12 +814,7 @@ class Studio:
         from diffusio.samplers import SOLVERS
         from diffusio.scaling import STRATEGIES
 
-        if not isinstance(p, dict):
-            raise BadRequest("the request body must be a JSON object")
-        ckpt = p.get("ckpt")
-        _, cfg = self.model(ckpt)
-        if cfg.get("family", "diffusion") != "diffusion":
-            raise BadRequest(f"the studio searches diffusion/flow checkpoints; {ckpt} is a {cfg['family']!r} model")
+        ckpt, cfg = self._diffusion_checkpoint(p, "searches")
         strategy = p.get("strategy", "best_of_n")
         if strategy not in STRATEGIES:
             raise BadRequest(f"unknown strategy {strategy!r}; valid: {', '.join(STRATEGIES)}")
