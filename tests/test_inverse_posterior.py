@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -201,7 +202,7 @@ def _ddrm_closed_form(path, steps, eta, eta_b, lam, s, sigma_y):
         rho = sigma_y / si if si > 0 else math.inf
         strong0 = si > 0 and si * levels[0] >= sigma_y
         c, v = (1.0, levels[0] ** 2 - rho**2) if strong0 else (0.0, levels[0] ** 2)
-        for lvl, nxt in zip(levels[:-1], levels[1:], strict=True):
+        for lvl, nxt in itertools.pairwise(levels):
             w = li / (li + lvl**2)  # x0bar - mu = w (xbar - mu)
             if si == 0:
                 a = w + math.sqrt(1 - eta**2) * nxt * (1 - w) / lvl
