@@ -431,7 +431,7 @@ def _merge(old: dict, exact, images, volume, dfm, note: str):
     taken = [name for name, new in (("exact", exact), ("volume", volume), ("forward models", dfm)) if not new]
     taken += [f"images of {p}" for p in dict.fromkeys(r["prior"] for r in kept)]
     if taken:
-        note += f" Merged from the earlier committed run (not rerun here): {', '.join(taken)}."
+        note += f" Merged from the previous inverse.json (not rerun here): {', '.join(taken)}."
     return (exact or old.get("exact", []), images + kept, volume or old.get("volume", []),
             dfm or old.get("forward_models"), note)  # fmt: skip
 
