@@ -36,3 +36,33 @@ def test_sde_order_slopes_skip_unresolved_errors():
     assert [round(s, 6) if s else s for s in sde_order.slopes(rows)] == [2.0, 2.0, None]
     assert abs(sde_order.measured_order(rows) - 2.0) < 1e-12 and abs(sde_order.fitted_order(rows) - 2.0) < 1e-12
     assert sde_order.measured_order(rows[2:]) is None
+
+
+def _img(prior, task, method, psnr):
+    return {"prior": prior, "task": task, "method": method, "psnr": psnr, "ssim": 0.5, "nfe": 1, "seconds": 0.1}
+
+
+def test_inverse_gaps_compare_our_best_with_deepinvs_best():
+    from bench import inverse
+
+    rows = [_img("patches", "inpaint", m, p) for m, p in
+            (("pinv", 40.0), ("dps", 30.0), ("ddrm", 31.5), ("deepinv_dps", 32.0), ("deepinv_ddrm", 29.0))]  # fmt: skip
+    rows += [_img("digits", "inpaint", "dps", 20.0), _img("digits", "inpaint", "deepinv_dps", 10.0)]
+    (gap,) = inverse.gaps(rows)
+    assert (gap["ours"], gap["deepinv"]) == ("ddrm", "deepinv_dps")  # pinv is a baseline, not "ours"
+    assert abs(gap["gap_db"] + 0.5) < 1e-12
+
+
+def test_inverse_merge_keeps_earlier_rows_only_for_what_was_not_rerun():
+    from bench import inverse
+
+    exact_row = {"method": "smc", "mean_error": 0.1, "cov_rel_error": 0.1, "nfe": 1, "seconds": 0.1}
+    old = {"exact": [exact_row], "images": [_img("phantoms", "ct", "dps", 30.0), _img("patches", "sr", "dps", 1)],
+           "volume": [], "forward_models": None}  # fmt: skip
+    exact, images, volume, dfm, note = inverse._merge(old, [], [_img("patches", "sr", "dps", 2)], [], None, "run.")
+    assert exact == old["exact"] and volume == [] and dfm is None
+    assert [(r["prior"], r["psnr"], r.get("previous_run")) for r in images] == [("patches", 2, None),
+                                                                                ("phantoms", 30.0, True)]  # fmt: skip
+    assert "(not rerun here): exact, volume, forward models, images of phantoms." in note
+    md = inverse._markdown(exact, images, volume, note)
+    assert "| phantoms | ct | dps | 30.00 | 0.500 | 1 | 0.1 | (earlier run)" in md

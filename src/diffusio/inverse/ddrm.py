@@ -11,6 +11,13 @@ s_i s_T > sigma_y at ybar + sqrt(s_T^2 - sigma_y^2 / s_i^2) z, the others at s_T
 so the output is x0_hat with the observed components replaced by y when sigma_y = 0. No gradients; one model call
 per step.
 
+Exactness: with the exact denoiser of a Gaussian prior whose covariance is diagonal in V every component follows a
+closed-form affine recursion (docs/posterior.md, "When DDRM is exact"). The posterior mean is exact for sigma_y = 0
+(observed components equal ybar, unobserved ones keep the prior mean); for sigma_y > 0 the weight of ybar is set by
+the step grid and eta and does not converge to the posterior gain lam / (lam + sigma_y^2 / s_i^2), and for a prior
+that V does not diagonalise the unobserved components are biased even at sigma_y = 0. Kawar et al.'s Theorem 1
+(particular eta, eta_b) concerns the training objective, not the distribution of the samples.
+
 :func:`operator_svd` gives the SVD of the operators that have one in closed form: matrices, inpainting masks, block
 averaging (super-resolution) and circular blur (Fourier basis; the transfer function is real and even, so the
 spectral coefficients stay Hermitian-symmetric and the image real).
@@ -30,7 +37,7 @@ from diffusio.core.timesteps import get_timesteps
 from diffusio.inverse.operators import GaussianBlur, Inpainting, LinearOperator, MatrixOperator, SuperResolution
 from diffusio.models.base import ModelBase
 
-__all__ = ["SVD", "operator_svd", "solve_ddrm"]
+__all__ = ["SVD", "ddrm_times", "operator_svd", "solve_ddrm"]
 
 
 @dataclass
@@ -138,6 +145,12 @@ def operator_svd(operator: LinearOperator, tol: float = 1e-6) -> SVD:
     return SVD(vt, v, ut, s, _real_noise(shape, vt))
 
 
+def ddrm_times(path, steps: int, grid: str = "logsnr") -> Tensor:
+    """The ``steps`` times at which DDRM calls the model: ``grid`` from t_max down to t_min (the last call's update
+    goes to noise level 0), as in the official code where the 20-step default means 20 model calls."""
+    return get_timesteps(path, max(steps - 1, 1), grid)[:steps]
+
+
 def solve_ddrm(
     model: ModelBase,
     operator: LinearOperator,
@@ -158,7 +171,8 @@ def solve_ddrm(
     operator.check_y(y)
     svd = operator_svd(operator)
     path, sy, b = model.path, float(operator.noise_std), y.shape[0]
-    ts = get_timesteps(path, steps, grid)
+    ts = ddrm_times(path, steps, grid)
+    levels = [(float(c.sigma / c.alpha), float(c.alpha)) for c in (coeffs(path, t) for t in ts)]
     s = svd.s.to(y.device)
     obs = s > 0
     s_safe = torch.where(obs, s, torch.ones_like(s))
@@ -178,29 +192,24 @@ def solve_ddrm(
                 base = torch.where(weak, toward, base)
         else:
             strong = obs
-        if epsbar is None:
-            x0bar = ybar
-        var = (lvl**2 - eta_b**2 * sy**2 / s_safe**2).clamp(min=0)
-        fixed = (1 - eta_b) * x0bar + eta_b * ybar + var.sqrt() * z
+        eb = eta_b
+        if epsbar is None:  # start: ybar + sqrt(s_T^2 - sigma_y^2 / s_i^2) z, whatever eta_b (as the official code)
+            x0bar, eb = ybar, 1.0
+        var = (lvl**2 - eb**2 * sy**2 / s_safe**2).clamp(min=0)
+        fixed = (1 - eb) * x0bar + eb * ybar + var.sqrt() * z
         return torch.where(strong, fixed, base)
 
-    c0 = coeffs(path, ts[0])
-    lvl0 = float(c0.sigma / c0.alpha)
+    lvl0, alpha0 = levels[0]
     xbar = update(torch.zeros_like(ybar), None, lvl0)
-    x = float(c0.alpha) * svd.v(xbar).to(y.dtype)
-    for i in range(steps + 1):
-        ct = coeffs(path, ts[i])
+    x = alpha0 * svd.v(xbar).to(y.dtype)
+    for i in range(steps):
         with torch.no_grad():
             x0 = model.predict(x, time_batch(ts[i], x), "x0").to(y.dtype)
         if not torch.isfinite(x0).all():
             raise FloatingPointError("DDRM: the model returned non-finite predictions")
-        lvl_t = float(ct.sigma / ct.alpha)
         x0bar = svd.vt(x0).to(xbar.dtype)
-        epsbar = (xbar - x0bar) / lvl_t
-        if i == steps:  # final update to noise level 0
-            xbar = update(x0bar, epsbar, 0.0)
-            return svd.v(xbar).to(y.dtype), {}
-        cs = coeffs(path, ts[i + 1])
-        xbar = update(x0bar, epsbar, float(cs.sigma / cs.alpha))
-        x = float(cs.alpha) * svd.v(xbar).to(y.dtype)
-    raise AssertionError("unreachable")
+        epsbar = (xbar - x0bar) / levels[i][0]
+        lvl_next, alpha_next = levels[i + 1] if i + 1 < steps else (0.0, 1.0)  # the last update goes to level 0
+        xbar = update(x0bar, epsbar, lvl_next)
+        x = alpha_next * svd.v(xbar).to(y.dtype)
+    return x, {}
