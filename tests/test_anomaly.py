@@ -94,6 +94,10 @@ def test_smoothing_keeps_constants_and_a_zero_width_is_the_identity():
     assert torch.allclose(gaussian_smooth(torch.full((1, 9, 9), 0.3), 1.5), torch.full((1, 9, 9), 0.3))
     sm = gaussian_smooth(m, 1.0)
     assert float(sm.std()) < float(m.std()) and abs(float(sm.mean() - m.mean())) < 0.02
+    with pytest.raises(ValueError, match="maps"):
+        gaussian_smooth(m[0], 1.0)
+    with pytest.raises(ValueError, match="std"):
+        gaussian_smooth(m, float("inf"))
 
 
 def test_select_t0_returns_the_best_of_its_table():

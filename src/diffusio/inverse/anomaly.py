@@ -63,6 +63,8 @@ def _images(x: Tensor, name: str = "x") -> None:
 def gaussian_smooth(m: Tensor, std: float) -> Tensor:
     """Maps ``(B, H, W)`` convolved with an isotropic Gaussian of ``std`` pixels (reflect padding, 3 std wide);
     ``std = 0`` returns ``m``."""
+    if not torch.is_tensor(m) or m.ndim != 3 or not m.is_floating_point():
+        raise ValueError(f"m must be a float tensor of maps (batch, height, width); got {getattr(m, 'shape', m)!r}")
     std = _real("std", std, 0.0)
     if std == 0:
         return m
