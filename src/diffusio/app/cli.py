@@ -35,6 +35,8 @@ BENCHES = {
     "posterior": "posterior",
     "dmcmc": "dmcmc",
     "crash": "crash",
+    "anomaly": "anomaly",
+    "forward-models": "forward_models",
 }
 
 
