@@ -303,7 +303,8 @@ def markdown(summary: list[dict], tg: dict, args, dinv) -> str:
         f"`diffusio bench posterior` (particles {args.particles}, samples {args.samples}, deepinv samples "
         f"{args.peer_samples} with {args.peer_steps} steps, floor: median of {args.floor_draws} exact draws of the "
         f"same size; deepinv {getattr(dinv, '__version__', 'not installed')}). Ratio 1 = as good as exact sampling "
-        "with the same number of samples. RED-Diff is an optimiser: its row is a point estimate (mean error only).",
+        "with the same number of samples. RED-Diff is an optimiser: its row is a point estimate (mean error only)."
+        + (f" {args.note}" if getattr(args, "note", None) else ""),
         "",
         "## Targets (SMC, weighted ensemble)",
         "",
@@ -375,6 +376,7 @@ def main(argv=None) -> int:
     p.add_argument("--paths", nargs="+", default=["vp_linear", "edm"], choices=["vp_linear", "edm"])
     p.add_argument("--no-peers", action="store_true", help="skip deepinv")
     p.add_argument("--out", default=None)
+    p.add_argument("--note", default=None, help="a sentence for the report's header (how a merged table was made)")
     p.add_argument("--merge", nargs="+", default=None, help="posterior.json files of partial runs (e.g. one per "
                    "--paths) to combine into one report instead of running")  # fmt: skip
     args = p.parse_args(argv)
