@@ -295,15 +295,16 @@ def _markdown(res: dict) -> str:
              f"{a['cfg']:g}; accuracy by the metrics digit classifier, FD = Fréchet distance in its features to the "
              f"real digits of those classes (old = 0-4: forgetting). Peak memory (after a 4-step warm-up on a "
              f"throw-away copy): {mem}. Load average at the end ({res['cpus']} CPUs): {load}.", "",
-             "| method | trainable | share | vs target | peak memory (MiB) | time (s) | new-class acc. | new FD | "
-             "old-class acc. | old FD |", "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+             "| method | trainable | share | vs target | peak memory (MiB) | time (s) | final loss | new-class acc. | "
+             "new FD | old-class acc. | old FD |", "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in rows:
         share = r["trainable"] / res["total_parameters"]
         vs = f"{100 * (r['trainable'] / res['target'] - 1):+.1f}%" if r["method"] not in ("full",) and r[
             "trainable"] else "-"  # fmt: skip
         t = f"{r['time']:.1f}" if "time" in r else "-"
         m = f"{r['peak_memory_mib']:.1f}" if "peak_memory_mib" in r else "-"
-        lines.append(f"| {r['method']} | {r['trainable']} | {100 * share:.1f}% | {vs} | {m} | {t} | "
+        fl = f"{r['final_loss']:.4f}" if "final_loss" in r else "-"
+        lines.append(f"| {r['method']} | {r['trainable']} | {100 * share:.1f}% | {vs} | {m} | {t} | {fl} | "
                      f"{r['new_accuracy']:.3f} | {r['new_fd']:.1f} | {r['old_accuracy']:.3f} | "
                      f"{r['old_fd']:.1f} |")  # fmt: skip
     lines += ["", "SaRA's premise (zero every weight-matrix entry with |w| below the quantile; eps validation loss on "
@@ -330,10 +331,11 @@ def _plot(rows: list[dict], file) -> None:
     ax[0].set(ylabel="classifier accuracy of samples", title="adaptation and forgetting", ylim=(0, 1.05))
     ax[0].legend(fontsize=8)
     trained = [r for r in rows if "time" in r]
-    ax[1].scatter([r["trainable"] for r in trained], [r["new_fd"] for r in trained])
-    for r in trained:
-        ax[1].annotate(r["method"], (r["trainable"], r["new_fd"]), fontsize=8)
-    ax[1].set(xscale="log", xlabel="trainable parameters", ylabel="Fréchet distance to real 5-9", title="quality")
+    ax[1].scatter([r["new_fd"] for r in rows], [r["old_fd"] for r in rows])
+    for r, n in zip(rows, names, strict=True):
+        ax[1].annotate(f"{n} ({r['trainable']})", (r["new_fd"], r["old_fd"]), fontsize=8)
+    ax[1].set(xscale="log", yscale="log", xlabel="Fréchet distance to real 5-9 (adaptation)",
+              ylabel="Fréchet distance to real 0-4 (forgetting)", title="quality (trainable parameters)")  # fmt: skip
     ax[2].bar([r["method"] for r in trained], [r["peak_memory_mib"] for r in trained], color="tab:orange")
     ax[2].set(ylabel="peak training memory above the loaded model (MiB)", title="memory")
     for a in ax:
