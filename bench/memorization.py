@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rep", type=int, default=50, help="extra copies of each duplicated image")
     p.add_argument("--steps", type=int, default=2000, help="full fine-tuning steps")
     p.add_argument("--lr", type=float, default=1e-3, help="full fine-tuning learning rate")
-    p.add_argument("--trials", type=int, default=10)
+    p.add_argument("--trials", type=int, default=16)
     p.add_argument("--trial-steps", type=int, default=400)
     p.add_argument("--rank", type=int, default=8, help="LoRA rank of the MemControl trials")
     p.add_argument("--n", type=int, default=200, help="samples per evaluation")
