@@ -71,6 +71,36 @@ def test_adapter_errors():
     assert ad.targets and all(n.endswith("conv1") for n in ad.targets)
 
 
+@pytest.mark.parametrize("factor", [2, 4])
+def test_lokr_decompose_factor_sets_the_small_kronecker_factor(factor, tmp_path):
+    base = _mlp_model()
+    layer, r = "blocks.0.net.1", 2  # a 32 x 32 Linear
+    ad = adapt(base, "lokr", target_modules=[layer], rank=r, decompose_factor=factor)
+    shapes = {n.rsplit(".", 2)[1]: tuple(p.shape) for n, p in ad.net.named_parameters()
+              if p.requires_grad}  # fmt: skip
+    assert shapes["lokr_w1"] == (factor, factor)
+    big = 32 // factor  # the large factor is (32/f) x (32/f), low-rank when r < its side / 2
+    expected = factor**2 + (r * 2 * big if r < big / 2 else big * big)
+    assert ad.trainable_parameters() == expected
+    x, t, cond = _inputs(base)
+    with torch.no_grad():
+        for p in ad.net.parameters():
+            if p.requires_grad:
+                p.add_(0.1)
+        delta = ad.merged_state_dict()[f"{layer}.weight"] - base.net.get_submodule(layer).weight
+        # a Kronecker product kron(A (f x f), B): every (32/f)-block of the update is a multiple of one matrix
+        blocks = delta.reshape(factor, big, factor, big).permute(0, 2, 1, 3).reshape(factor * factor, big * big)
+        assert torch.linalg.matrix_rank(blocks, rtol=1e-4) == 1
+        out = ad.eps(x, t, **cond)
+    back = load_adapter(save_adapter(ad, tmp_path / "k.safetensors"), _mlp_model())
+    assert back.trainable_parameters() == expected
+    with torch.no_grad():
+        assert torch.allclose(back.eps(x, t, **cond), out, atol=1e-6)
+    for bad in (0, -2, True, 2.0):
+        with pytest.raises(ValueError, match="decompose_factor"):
+            adapt(base, "lokr", decompose_factor=bad)
+
+
 def test_sara_selection_and_identity():
     base = _unet_model()
     tau = 0.03

@@ -24,7 +24,9 @@ def adapter_targets(net: nn.Module) -> list[str]:
     return [n for n, m in net.named_modules() if isinstance(m, nn.Linear | nn.Conv2d)]
 
 
-def _config(method: str, targets: list[str], rank: int, alpha: float | None, dropout: float, block_size: int):
+def _config(
+    method: str, targets: list[str], rank: int, alpha: float | None, dropout: float, block_size: int, factor: int = -1
+):
     try:
         from peft import LoHaConfig, LoKrConfig, LoraConfig, OFTConfig
     except ImportError as e:
@@ -36,7 +38,7 @@ def _config(method: str, targets: list[str], rank: int, alpha: float | None, dro
     if method == "loha":
         return LoHaConfig(r=rank, alpha=alpha, module_dropout=dropout, target_modules=targets)
     if method == "lokr":
-        return LoKrConfig(r=rank, alpha=alpha, module_dropout=dropout, target_modules=targets)
+        return LoKrConfig(r=rank, alpha=alpha, module_dropout=dropout, decompose_factor=factor, target_modules=targets)
     return OFTConfig(r=0, oft_block_size=block_size, module_dropout=dropout, target_modules=targets)
 
 
@@ -134,13 +136,16 @@ def adapt(
     alpha: float | None = None,
     dropout: float = 0.0,
     block_size: int = 4,
+    decompose_factor: int = -1,
 ) -> AdaptedModel:
     """Wrap a copy of ``model``'s network with a peft adapter and return it as a Model.
 
     ``method``: ``lora``, ``loha``, ``lokr`` or ``oft``. ``target_modules``: layer names (exact, suffix such as
     ``conv1``, or a regular expression); default every Linear and Conv2d (for OFT: Linear and 1x1 Conv2d only —
     peft's OFT on k x k kernels does not start at the identity). ``rank`` (LoRA/LoHa/LoKr), ``alpha``
-    (scale alpha/rank; default rank), ``block_size`` (OFT's orthogonal block size).
+    (scale alpha/rank; default rank), ``block_size`` (OFT's orthogonal block size), ``decompose_factor`` (LoKr: the
+    size of the small Kronecker factor, -1 = as square as possible; a small factor makes the large factor, and the
+    trainable count, larger).
     """
     import copy
 
@@ -151,6 +156,12 @@ def adapt(
     for name, v in (("rank", rank), ("block_size", block_size)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+    if (
+        isinstance(decompose_factor, bool)
+        or not isinstance(decompose_factor, int)
+        or not (decompose_factor == -1 or decompose_factor >= 1)
+    ):
+        raise ValueError(f"decompose_factor must be -1 (automatic) or an integer >= 1, got {decompose_factor!r}")
     if not 0 <= dropout < 1:
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")
     from peft import inject_adapter_in_model
@@ -170,8 +181,10 @@ def adapt(
             )
         targets = [n for n in targets if n not in spatial]
     opts = {"rank": rank, "alpha": alpha, "dropout": dropout, "block_size": block_size}
+    if decompose_factor != -1:
+        opts["decompose_factor"] = decompose_factor
     try:
-        net = inject_adapter_in_model(_config(method, targets, rank, alpha, dropout, block_size), net)
+        net = inject_adapter_in_model(_config(method, targets, rank, alpha, dropout, block_size, decompose_factor), net)
     except ValueError as e:
         raise ValueError(f"peft could not add a {method} adapter to {targets[:4]}...: {e}") from None
     inner = Model(net, model.path, model.prediction, model.precond)
