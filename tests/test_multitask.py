@@ -32,7 +32,7 @@ def test_continuous_shift_is_the_limit_of_the_discrete_recursion():
             e = torch.ones(1, 10, dtype=torch.float64) / 10
             with torch.no_grad():
                 want = float(model.shift(t[i : i + 1], e, torch.zeros(1, 1, 8, 8, dtype=torch.float64)).flatten()[0])
-                emb = float((e.float() @ model.net.encoders["label"].table)[0, 0])
+                emb = float(model.net.encoders["label"](e.float()).flatten()[0])
             assert b * emb == pytest.approx(want, rel=3e-3)
     assert float(path.alpha(torch.tensor(1.0)) * -2 * torch.log(path.alpha(torch.tensor(1.0)))) < 0.07  # b_T small
 
@@ -55,8 +55,24 @@ def test_no_aggregation_and_no_label_term_is_the_ddpm_loss():
     t, noise = loss.draw(x0, model.path, g)
     ref = DiffusionLoss("eps")(Model(ImageOnly(model.net), model.path, "eps"), x0, t, noise)
     assert torch.equal(loss(model, x0, t, noise, {"y": y}), ref)
-    with_label = MultiTaskLoss(1.0)(model, x0, t, noise, {"y": y})
-    assert (with_label > ref).all()
+    with_label = MultiTaskLoss(2.0)(model, x0, t, noise, {"y": y})
+    logits = model.heads(
+        x0 * model.path.alpha(t)[:, None, None, None].float()
+        + noise * model.path.sigma(t)[:, None, None, None].float(),
+        t,
+    )[1]
+    ce = nn.functional.cross_entropy(logits, y, reduction="none")
+    torch.testing.assert_close(with_label, ref + 2.0 * ce / 64)  # the paper's ||.||^2 + lambda CE, over D = 64
+
+
+def test_label_encoder_rows_have_unit_rms_and_probabilities_average_them():
+    enc = _model().net.encoders["label"]
+    with torch.no_grad():
+        enc.table.mul_(7.0)
+    e = enc(torch.arange(10))
+    torch.testing.assert_close(e.pow(2).flatten(1).mean(1), torch.ones(10))
+    p = torch.softmax(torch.randn(3, 10), 1)
+    torch.testing.assert_close(enc(p), torch.einsum("bk,k...->b...", p, e))
 
 
 def test_sampling_classify_and_validation():

@@ -46,7 +46,12 @@ class LabelHead(nn.Module):
 
 class LabelEncoder(nn.Module):
     """E(y): a learned embedding of each class, shaped like the image ``(B, *shape)``; class probabilities
-    ``(B, K)`` give the expected embedding (the sampler's estimate of an unknown label)."""
+    ``(B, K)`` give the expected embedding (the sampler's estimate of an unknown label).
+
+    Each class's embedding is normalised to root-mean-square 1 per element, so the aggregation weight w alone sets
+    the size of the drift b_t = alpha_t c(t) E(y): a free scale would let the label loss inflate E (a larger drift
+    makes the label easier to read off z_t) at the expense of the image.
+    """
 
     def __init__(self, num_classes: int, shape: tuple[int, ...]):
         super().__init__()
@@ -65,7 +70,11 @@ class LabelEncoder(nn.Module):
             y = F.one_hot(y.long(), self.num_classes).to(self.table.dtype)
         if y.shape[-1] != self.num_classes:
             raise ValueError(f"class probabilities must have shape (B, {self.num_classes}); got {tuple(y.shape)}")
-        return (y.to(self.table.dtype) @ self.table).reshape(y.shape[0], *self.shape)
+        return (y.to(self.table.dtype) @ self.embeddings()).reshape(y.shape[0], *self.shape)
+
+    def embeddings(self) -> Tensor:
+        """The normalised class embeddings ``(K, prod(shape))`` (RMS 1 per row)."""
+        return self.table * torch.rsqrt(self.table.pow(2).mean(1, keepdim=True) + 1e-12)
 
 
 class MultiHeadNet(nn.Module):

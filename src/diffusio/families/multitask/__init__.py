@@ -8,7 +8,10 @@ and in continuous time on a VP path (alpha_t^2 = exp(-int_0^t beta)) b_t = alpha
 c(t) = -2 w log alpha_t. b_T stays small (0.066 w E on the linear VP path), so z_T ~ N(0, I) still holds.
 
 Loss (the paper's practical multi-task objective): ||eps - eps_hat(z_t, t)||^2 + lambda CE(y, label_head(z_t, t)),
-eps the total noise of the marginal above; with w = 0 and lambda = 0 it is the DDPM loss.
+eps the total noise of the marginal above; with w = 0 and lambda = 0 it is the DDPM loss. The squared norm is a sum
+over the D image elements; we divide the whole objective by D (the library's per-element loss), so the label term
+enters as lambda CE / D. (Taking the per-element mean of the MSE but the full CE would weight the label D times
+more than the paper's objective, and the shared trunk then spends itself on the label.)
 Sampling: DDIM steps on z with b_t replaced by its estimate alpha_t c(t) E(p_hat), p_hat the label head's class
 probabilities at each step (known labels plug in E(y) instead: label -> image); the label is read at the end.
 Image -> label: the label head on the noised image at a small t (a classifier).
@@ -77,7 +80,8 @@ class MultiTaskModel(nn.Module):
 
 @dataclass
 class MultiTaskLoss:
-    """||eps - eps_hat||^2 (pixel mean) + ``label_weight`` * CE(y, logits) per sample ``(B,)``; t ~ U[t_min, t_max]."""
+    """(||eps - eps_hat||^2 + ``label_weight`` * CE(y, logits)) / D per sample ``(B,)`` (D image elements; see the
+    module docstring); t ~ U[t_min, t_max]."""
 
     label_weight: float = 1.0
 
@@ -98,7 +102,8 @@ class MultiTaskLoss:
         eps_hat, logits = model.heads(z, t)
         loss = ((eps_hat - noise) ** 2).flatten(1).mean(1)
         if self.label_weight > 0:
-            loss = loss + self.label_weight * F.cross_entropy(logits.float(), y.long(), reduction="none").to(loss.dtype)
+            ce = F.cross_entropy(logits.float(), y.long(), reduction="none").to(loss.dtype)
+            loss = loss + self.label_weight * ce / noise[0].numel()
         return loss
 
 
