@@ -27,6 +27,7 @@ from diffusio.guidance import (
 )
 from diffusio.metrics import get_digits_classifier
 from diffusio.samplers import sample
+from diffusio.training import NetFit
 
 
 def _diversity(x: torch.Tensor, labels: torch.Tensor) -> float:
@@ -68,7 +69,7 @@ def classifier_guidance(model, scales, per_class: int, steps: int, seed: int, cl
     from diffusio.data.digits import load_digits
 
     x, y = load_digits(8, "pad", "train")
-    noisy = train_noisy_classifier(x, y, model.path, steps=train_steps, sigma_data=0.6,
+    noisy = train_noisy_classifier(x, y, model.path, fit=NetFit(steps=train_steps), sigma_data=0.6,
                                    generator=torch.Generator().manual_seed(seed))  # fmt: skip
     labels = torch.arange(10).repeat_interleave(per_class)
     rows = []

@@ -12,6 +12,7 @@ import time
 import torch
 from torch import nn
 
+import diffusio.families  # noqa: F401  (registers the families' solvers: flowmap, si_ode, si_sde, mrs, mrs_sde)
 from bench.common import median_time, results_dir, write_results
 from diffusio.app.plotting import _plt
 from diffusio.core.paths import LinearVP, RectifiedFlow
@@ -147,7 +148,9 @@ def main(argv: list[str] | None = None) -> int:
         "# Overhead benchmark",
         "",
         f"Sampler: MLP(2, hidden=256, depth=4), batch {a.batch}, {a.steps} steps; overhead = 1 - (time inside the "
-        "network) / (sampler wall time), median of repeats. Target < 5%.",
+        "network) / (sampler wall time), median of repeats. Target < 5%. Every solver but flowmap runs the same eps "
+        "network on LinearVP (the interpolant solvers si_ode / si_sde through its velocity and score heads, mrs / "
+        "mrs_sde on it as a Gaussian path); flowmap runs a flow-map network built from it.",
         "",
         "| solver | wall (s) | overhead |",
         "|---|---|---|",

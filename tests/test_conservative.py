@@ -15,6 +15,7 @@ from diffusio.models import ExactModel, Model, ModelWrapper
 from diffusio.nets import MLP
 from diffusio.nets.energy import EnergyMLP, GradientNet
 from diffusio.samplers import sample
+from diffusio.training import NetFit
 from diffusio.training.losses import DiffusionLoss
 
 F64 = torch.float64
@@ -243,7 +244,8 @@ def test_decomposition_recovers_the_score_from_a_rotated_field():
 
     g = torch.Generator().manual_seed(0)
     x0 = mix.sample(4000, generator=g).to(F64)
-    dec = fit_conservative_part(Rotated(exact), x0, 0.3, hidden=64, depth=2, steps=400, generator=g)
+    fit = NetFit(steps=400, batch_size=512, lr=3e-3, hidden=64, depth=2)
+    dec = fit_conservative_part(Rotated(exact), x0, 0.3, fit=fit, generator=g)
     xt = path.perturb(x0[:1000], torch.randn(1000, 2, generator=g, dtype=F64), torch.full((1000,), 0.3, dtype=F64))
     grad, r = dec.parts(xt)
     s_true = exact.score(xt, 0.3)

@@ -23,6 +23,7 @@ from diffusio.models import ExactModel
 from diffusio.models.base import CountingModel, Model
 from diffusio.nets import MLP
 from diffusio.samplers import sample
+from diffusio.training import NetFit
 
 F64 = torch.float64
 
@@ -131,7 +132,8 @@ def test_trained_noisy_classifier_guides_toward_its_class():
     g = GaussianMixture(torch.tensor([[-1.5, 0.0], [1.5, 0.0]]), 0.6, labels=[0, 1])
     path = LinearVP()
     x = g.sample(4000, generator=_gen(), y=torch.arange(4000) % 2, dtype=F64)
-    clf = train_noisy_classifier(x, torch.arange(4000) % 2, path, steps=300, hidden=64, depth=2, generator=_gen())
+    fit = NetFit(steps=300, hidden=64, depth=2)
+    clf = train_noisy_classifier(x, torch.arange(4000) % 2, path, fit=fit, generator=_gen())
     clf = clf.double()
     low = torch.full((4000,), path.t_min, dtype=F64)
     acc = float((clf(x, low).argmax(1) == torch.arange(4000) % 2).double().mean())

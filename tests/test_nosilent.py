@@ -421,7 +421,8 @@ def test_cli_errors_are_one_line(tiny_run, capsys, monkeypatch):
 
 
 def test_cli_opt_types_and_dpm_v3(tiny_run, capsys):
-    from diffusio.app.cli import _opt_value, main
+    from diffusio.app.cli import main
+    from diffusio.app.options import opt_value as _opt_value
 
     assert _opt_value("2") == 2 and isinstance(_opt_value("2"), int) and _opt_value("0.5") == 0.5
     assert _opt_value("true") is True and _opt_value("always") == "always"

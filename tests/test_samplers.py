@@ -152,3 +152,27 @@ def test_sample_errors(gmm2d):
         sample(model, shape=(2, 2), solver="ddim", t_min=2.0)
     with pytest.raises(ValueError, match=r"x must have shape \(batch, 2\)"):
         sample(model, shape=(2, 3), solver="ddim")
+
+
+def test_kernel_samplers_are_their_kernels_driven_over_the_grid(gmm2d):
+    """A single-step solver declared from its kernel equals the hand-written loop over that kernel, shows the
+    kernel's options (with their defaults) to the registry, and refuses a negative eta by name."""
+    import inspect
+
+    from diffusio.samplers import sample_euler_maruyama
+    from diffusio.samplers.kernels import euler_maruyama_step
+
+    model = ExactModel(gmm2d, LinearVP())
+    ts = torch.linspace(1.0, 1e-3, 9, dtype=torch.float64)
+    x = torch.randn(16, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    g1, g2 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    out = sample_euler_maruyama(model, x, ts, eta=0.5, generator=g1)
+    y = x
+    for i in range(len(ts) - 1):
+        y, _ = euler_maruyama_step(model, y, ts[i], ts[i + 1], eta=0.5, generator=g2)
+    assert torch.equal(out, y)
+    params = inspect.signature(sample_euler_maruyama).parameters
+    assert params["eta"].default == 1.0 and "generator" in params
+    assert SOLVERS["euler_maruyama"].options() == ["eta", "w2"] and SOLVERS["ddpm"].options() == []
+    with pytest.raises(ValueError, match="eta must be >= 0"):
+        sample(model, x, solver="ddim", steps=4, eta=-0.1)

@@ -193,3 +193,13 @@ def test_config_errors():
 
         m = build_model(TINY, (2,))
         Trainer(m, build_loss(TINY, m), build_data(TINY["data"]), TrainConfig(batch_size=5), dist_info=DistInfo(0, 2))
+
+
+def test_net_fit_settings_are_validated():
+    """The shared small-network fitting record refuses a non-positive size or learning rate by name."""
+    from diffusio.training import NetFit
+
+    assert NetFit(steps=3, hidden=8).batch_size == 256
+    for bad, name in (({"steps": 0}, "steps"), ({"depth": 1.5}, "depth"), ({"lr": float("nan")}, "lr")):
+        with pytest.raises(ValueError, match=f"NetFit.{name}"):
+            NetFit(**bad)

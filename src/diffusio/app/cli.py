@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from diffusio.app.options import parse_opts
+
 __all__ = ["main"]
 
 # benchmark name -> module of the checkout's top-level bench/ package (not installed with the library)
@@ -217,7 +219,7 @@ def _cmd_sample(args) -> int:
 
         info = setup(args.device or "cpu")
     model, cfg = load_model(args.ckpt, device=info.device if info else (args.device or "cpu"))
-    opts = dict(_parse_opts(args.opt))
+    opts = dict(parse_opts(args.opt))
     if cfg.get("family", "diffusion") != "diffusion":  # interpolants, flow maps, mean-reverting restoration
         if info is not None:
             from diffusio.training import cleanup
@@ -306,29 +308,6 @@ def _sample_family(model, cfg: dict, args, opts: dict) -> int:
         print(f"wrote {f}")
     print(f"{len(x)} samples, {nfe} model calls each" + "".join(f", {k} {v:.3f}" for k, v in extra.items()))
     return 0
-
-
-def _parse_opts(items: list[str] | None) -> list[tuple[str, float | str]]:
-    out = []
-    for item in items or []:
-        if "=" not in item:
-            raise SystemExit(f"--opt takes NAME=VALUE, got {item!r}")
-        k, v = item.split("=", 1)
-        out.append((k, _opt_value(v)))
-    return out
-
-
-def _opt_value(v: str):
-    """An --opt value as YAML reads it: ints stay ints (lower_order_final=2), true/false are booleans."""
-    low = v.strip().lower()
-    if low in ("true", "false"):
-        return low == "true"
-    for cast in (int, float):
-        try:
-            return cast(v)
-        except ValueError:
-            pass
-    return v
 
 
 def _cmd_eval(args) -> int:

@@ -9,16 +9,9 @@ from pathlib import Path
 
 import torch
 
+from diffusio.app.options import parse_opts
+
 __all__ = ["add_inverse_parser", "run_inverse"]
-
-
-def _opt_value(v: str):
-    for cast in (int, float):
-        try:
-            return cast(v)
-        except ValueError:
-            pass
-    return v
 
 
 def add_inverse_parser(subparsers) -> None:
@@ -39,12 +32,7 @@ def add_inverse_parser(subparsers) -> None:
 
 
 def _cmd_inverse(args) -> int:
-    opts = {}
-    for item in args.opt or []:
-        if "=" not in item:
-            raise SystemExit(f"--opt takes NAME=VALUE, got {item!r}")
-        k, v = item.split("=", 1)
-        opts[k] = _opt_value(v)
+    opts = dict(parse_opts(args.opt))
     report = run_inverse(args.ckpt, args.task, args.method, n=args.n, noise_std=args.noise, seed=args.seed,
                          out=Path(args.out), **opts)  # fmt: skip
     print(json.dumps({k: v for k, v in report.items() if k != "per_image"}, indent=2))

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+from diffusio.app.options import parse_opts
+
 __all__ = ["add_search_parser", "as_flow", "digits_verifier", "run_search"]
 
 VERIFIERS = ("classifier", "self", "MODULE:FUNCTION")
@@ -32,15 +34,6 @@ def as_flow(model):
     path = model.path
     lo, hi = (float(path.noise_level(torch.tensor(t, dtype=torch.float64))) for t in (path.t_min, path.t_max))
     return Rescheduled(model, RectifiedFlow(t_min=lo / (1 + lo), t_max=min(hi / (1 + hi), 1 - 1e-3)))
-
-
-def _opt_value(v: str):
-    for cast in (int, float):
-        try:
-            return cast(v)
-        except ValueError:
-            pass
-    return {"true": True, "false": False}.get(v.lower(), v)
 
 
 def add_search_parser(subparsers) -> None:
@@ -145,13 +138,10 @@ def _write(out: Path, res, record: dict) -> None:
 
 def _cmd_search(args) -> int:
     opts = {}
-    for item in args.opt or []:
-        if "=" not in item:
-            raise SystemExit(f"--opt takes NAME=VALUE, got {item!r}")
-        key, val = item.split("=", 1)
+    for key, val in parse_opts(args.opt):
         if key in ("budget", "steps", "grid", "solver", "strategy", "n", "seed", "verifier"):
             raise SystemExit(f"--opt {key}=... duplicates a flag: pass --{key} {val}")
-        opts[key] = _opt_value(val)
+        opts[key] = val
     record = run_search(args.ckpt, verifier=args.verifier, strategy=args.strategy, budget=args.budget, n=args.n,
                         solver=args.solver, steps=args.steps, grid=args.grid, class_=args.class_,
                         unconditional_model=args.unconditional_model, flow=args.flow, seed=args.seed,

@@ -74,19 +74,17 @@ def _x0_to_velocity(x0, x, t, path):
     return da * x0 + ds * (x - a * x0) / s
 
 
-_TO_X0: dict[str, Callable] = {
-    "eps": _eps_to_x0,
-    "x0": lambda out, x, t, path: out,
-    "v": _v_to_x0,
-    "score": _score_to_x0,
-    "velocity": _velocity_to_x0,
-}
-_FROM_X0: dict[str, Callable] = {
-    "eps": _x0_to_eps,
-    "x0": lambda x0, x, t, path: x0,
-    "v": _x0_to_v,
-    "score": _x0_to_score,
-    "velocity": _x0_to_velocity,
+def _same(y, x, t, path):
+    return y
+
+
+# each head's pair of conversions: (head -> x0, x0 -> head)
+_HEADS: dict[str, tuple[Callable, Callable]] = {
+    "eps": (_eps_to_x0, _x0_to_eps),
+    "x0": (_same, _same),
+    "v": (_v_to_x0, _x0_to_v),
+    "score": (_score_to_x0, _x0_to_score),
+    "velocity": (_velocity_to_x0, _x0_to_velocity),
 }
 
 
@@ -99,12 +97,12 @@ def check_kind(kind: str, name: str = "prediction") -> str:
 
 def to_x0(kind: str, out: Tensor, x: Tensor, t: Tensor, path: Path) -> Tensor:
     """Convert a head ``out`` of type ``kind`` at ``(x, t)`` to the x0 prediction."""
-    return _TO_X0[check_kind(kind)](out, x, t, path)
+    return _HEADS[check_kind(kind)][0](out, x, t, path)
 
 
 def from_x0(kind: str, x0: Tensor, x: Tensor, t: Tensor, path: Path) -> Tensor:
     """Convert an x0 prediction at ``(x, t)`` to a head of type ``kind``."""
-    return _FROM_X0[check_kind(kind)](x0, x, t, path)
+    return _HEADS[check_kind(kind)][1](x0, x, t, path)
 
 
 def convert(out: Tensor, src: str, dst: str, x: Tensor, t: Tensor, path: Path) -> Tensor:

@@ -443,21 +443,28 @@ class EDM(Path):
 
 
 @dataclass(repr=False)
-class RectifiedFlow(Path):
+class _OpenUnitPath(Path):
+    """A path on t in [0, 1] whose log-SNR is infinite at both ends (alpha = 0 at t = 1, sigma = 0 at t = 0): by
+    default samplers integrate on [1e-3, 1 - 1e-3]."""
+
+    t_min: float = 1e-3
+    t_max: float = 1 - 1e-3
+    t_lo = 0.0
+    t_hi = 1.0
+
+    def __post_init__(self):
+        _check_interval(self)
+
+
+@dataclass(repr=False)
+class RectifiedFlow(_OpenUnitPath):
     """Linear interpolation / rectified flow / conditional-OT flow matching: alpha = 1 - t, sigma = t.
 
     Data at t = 0, noise at t = 1 (the library convention; many flow-matching papers flip it). lambda is
     infinite at both ends, so the default sampling interval is [1e-3, 1 - 1e-3]; Euler may start at t = 1.
     """
 
-    t_min: float = 1e-3
-    t_max: float = 1 - 1e-3
     name = "flow"
-    t_lo = 0.0
-    t_hi = 1.0
-
-    def __post_init__(self):
-        _check_interval(self)
 
     def alpha(self, t: Tensor) -> Tensor:
         return 1 - t
@@ -482,17 +489,10 @@ class RectifiedFlow(Path):
 
 
 @dataclass(repr=False)
-class Trigonometric(Path):
+class Trigonometric(_OpenUnitPath):
     """Trigonometric interpolant: alpha = cos(pi t / 2), sigma = sin(pi t / 2) (VP, lambda = -log tan(pi t/2))."""
 
-    t_min: float = 1e-3
-    t_max: float = 1 - 1e-3
     name = "trig"
-    t_lo = 0.0
-    t_hi = 1.0
-
-    def __post_init__(self):
-        _check_interval(self)
 
     def alpha(self, t: Tensor) -> Tensor:
         return torch.cos(math.pi / 2 * t)

@@ -10,8 +10,9 @@ import re
 
 from torch import nn
 
+from diffusio.finetune.base import TunedModel
 from diffusio.io import load_safetensors, save_safetensors
-from diffusio.models.base import Model, ModelWrapper
+from diffusio.models.base import Model
 
 __all__ = ["ADAPTERS", "AdaptedModel", "adapt", "adapter_targets", "load_adapter", "save_adapter"]
 
@@ -62,7 +63,7 @@ def _resolve(net: nn.Module, target_modules) -> list[str]:
     return out
 
 
-class AdaptedModel(ModelWrapper):
+class AdaptedModel(TunedModel):
     """A Model whose network carries a peft adapter (only the adapter's parameters train).
 
     ``merge()`` folds the adapter into the base weights (sampling at base speed), ``unmerge()`` undoes it;
@@ -72,18 +73,6 @@ class AdaptedModel(ModelWrapper):
     def __init__(self, inner: Model, method: str, targets: list[str], options: dict, base_keys: list[str]):
         super().__init__(inner)
         self.method, self.targets, self.options, self.base_keys = method, targets, options, base_keys
-
-    @property
-    def net(self) -> nn.Module:
-        return self.inner.net
-
-    @property
-    def prediction(self) -> str:
-        return self.inner.prediction
-
-    @property
-    def precond(self):
-        return self.inner.precond
 
     def _layers(self):
         from peft.tuners.tuners_utils import BaseTunerLayer

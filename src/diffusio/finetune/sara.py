@@ -21,8 +21,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from diffusio.finetune.base import TunedModel
 from diffusio.io import load_safetensors, save_safetensors
-from diffusio.models.base import Model, ModelWrapper
+from diffusio.models.base import Model
 
 __all__ = ["SaRAModel", "load_sara", "sara", "sara_threshold", "save_sara"]
 
@@ -60,24 +61,12 @@ def sara_threshold(net: nn.Module, fraction: float) -> float:
     )
 
 
-class SaRAModel(ModelWrapper):
+class SaRAModel(TunedModel):
     """A Model whose network trains only its small weights (see the module docstring)."""
 
     def __init__(self, inner: Model, tau: float, lambda_rank: float, min_rank_dim: int):
         super().__init__(inner)
         self.tau, self.lambda_rank, self.min_rank_dim = tau, lambda_rank, min_rank_dim
-
-    @property
-    def net(self) -> nn.Module:
-        return self.inner.net
-
-    @property
-    def prediction(self) -> str:
-        return self.inner.prediction
-
-    @property
-    def precond(self):
-        return self.inner.precond
 
     def sparse_layers(self) -> list[tuple[str, nn.Module, _Sparse]]:
         """(module name, module, parametrization) of every sparse-trained weight."""

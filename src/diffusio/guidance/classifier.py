@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from diffusio.core.paths import Path
 from diffusio.core.time import broadcast
 from diffusio.nets import MLP
+from diffusio.training.fit import NetFit
 
 __all__ = ["NoisyClassifier", "train_noisy_classifier"]
 
@@ -53,27 +54,32 @@ def _log_snr_times(path: Path, n: int, generator: torch.Generator | None) -> Ten
     return path.t_of_log_snr(lo + (hi - lo) * torch.rand(n, generator=generator, dtype=torch.float64))
 
 
+# the classifier's fitting settings by default (``fit=``)
+CLASSIFIER_FIT = NetFit(steps=2000, batch_size=256, lr=1e-3, hidden=256, depth=3)
+
+
 def train_noisy_classifier(
     x: Tensor,
     labels: Tensor,
     path: Path,
     *,
-    steps: int = 2000,
-    batch_size: int = 256,
-    lr: float = 1e-3,
-    hidden: int = 256,
-    depth: int = 3,
+    fit: NetFit = CLASSIFIER_FIT,
     sigma_data: float = 0.5,
     generator: torch.Generator | None = None,
 ) -> NoisyClassifier:
     """Train a :class:`NoisyClassifier` on clean data ``x`` ``(N, ...)`` with integer ``labels`` ``(N,)`` by
-    cross-entropy on x_t = alpha x + sigma eps, t uniform in log-SNR; all randomness from ``generator``."""
+    cross-entropy on x_t = alpha x + sigma eps, t uniform in log-SNR; all randomness from ``generator``. ``fit``: the
+    optimiser steps, minibatch, AdamW learning rate and the MLP's size (default ``CLASSIFIER_FIT``: 2000 steps of
+    256 at 1e-3, 256 wide, 3 deep)."""
+    if not isinstance(fit, NetFit):
+        raise TypeError(f"fit must be a diffusio.training.NetFit, got {type(fit).__name__}")
+    steps, batch_size = fit.steps, fit.batch_size
     if labels.shape != (x.shape[0],):
         raise ValueError(f"labels must have shape ({x.shape[0]},); got {tuple(labels.shape)}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0 if generator is None else int(torch.randint(2**31, (1,), generator=generator)))
-        clf = NoisyClassifier(int(labels.max()) + 1, x.shape[1:], path, hidden, depth, sigma_data)
-    opt = torch.optim.AdamW(clf.parameters(), lr=lr, weight_decay=1e-4)
+        clf = NoisyClassifier(int(labels.max()) + 1, x.shape[1:], path, fit.hidden, fit.depth, sigma_data)
+    opt = torch.optim.AdamW(clf.parameters(), lr=fit.lr, weight_decay=1e-4)
     for _ in range(steps):
         idx = torch.randint(0, x.shape[0], (batch_size,), generator=generator)
         t = _log_snr_times(path, batch_size, generator)

@@ -113,20 +113,10 @@ class Operator:
         return _dot(r, r) / (2 * self.noise_std**2)
 
     def check_x(self, x: Tensor, name: str = "x") -> None:
-        if not torch.is_tensor(x) or tuple(x.shape[1:]) != self.in_shape:
-            got = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
-            raise ValueError(
-                f"{name} must have shape (batch, {', '.join(map(str, self.in_shape))}) for {type(self).__name__}; "
-                f"got {got}"
-            )
+        _check_batch(x, self.in_shape, name, f"for {type(self).__name__}")
 
     def check_y(self, y: Tensor, name: str = "y") -> None:
-        if not torch.is_tensor(y) or tuple(y.shape[1:]) != self.out_shape:
-            got = tuple(y.shape) if torch.is_tensor(y) else type(y).__name__
-            raise ValueError(
-                f"measurement {name} must have shape (batch, {', '.join(map(str, self.out_shape))}) to match "
-                f"{type(self).__name__} (its out_shape); got {got}"
-            )
+        _check_batch(y, self.out_shape, f"measurement {name}", f"to match {type(self).__name__} (its out_shape)")
 
     def __repr__(self) -> str:
         return (
@@ -466,3 +456,10 @@ def limited_angle_ct(size: int, max_angle: float = 90.0, views: int = 90, channe
     if not 0 < max_angle <= 180:
         raise ValueError(f"max_angle must be in (0, 180] degrees; got {max_angle}")
     return Radon(torch.arange(views) * max_angle / views, (channels, size, size), noise_std)
+
+
+def _check_batch(v, shape: tuple[int, ...], what: str, where: str) -> None:
+    """Raise unless ``v`` is a tensor of shape ``(batch, *shape)``, naming ``what`` it is and ``where`` it goes."""
+    if not torch.is_tensor(v) or tuple(v.shape[1:]) != shape:
+        got = tuple(v.shape) if torch.is_tensor(v) else type(v).__name__
+        raise ValueError(f"{what} must have shape (batch, {', '.join(map(str, shape))}) {where}; got {got}")

@@ -25,10 +25,9 @@ from diffusio.samplers.dpm import (
     sample_dpm_solver,
     sample_dpm_solver_fast,
     sample_dpmpp_2m,
-    sample_dpmpp_2m_sde,
     sample_dpmpp_2s,
     sample_dpmpp_3m,
-    sample_dpmpp_3m_sde,
+    sample_dpmpp_sde,
     sample_ipndm,
 )
 from diffusio.samplers.dpm_v3 import sample_dpm_v3
@@ -54,10 +53,9 @@ __all__ = [
     "sample_dpm_solver_fast",
     "sample_dpm_v3",
     "sample_dpmpp_2m",
-    "sample_dpmpp_2m_sde",
     "sample_dpmpp_2s",
     "sample_dpmpp_3m",
-    "sample_dpmpp_3m_sde",
+    "sample_dpmpp_sde",
     "sample_euler",
     "sample_euler_maruyama",
     "sample_evodiff",
@@ -181,23 +179,12 @@ for _s in (
     ),
     # SDE weak orders: 2 for both multistep SDE solvers (bench/results/sde_order.md: exact moments on Gaussian data,
     # Monte Carlo on a mixture); the third-order extrapolation does not lift 3M-SDE past 2 once noise is injected
-    Solver(
-        "dpmpp_2m_sde",
-        sample_dpmpp_2m_sde,
-        2,
-        1,
-        stochastic=True,
-        min_steps=2,
-        summary="SDE-DPM-Solver++(2M), weak order 2 (eta scales the noise; eta=0 is dpmpp_2m)",
-    ),
-    Solver(
-        "dpmpp_3m_sde",
-        sample_dpmpp_3m_sde,
-        2,
-        1,
-        stochastic=True,
-        min_steps=3,
-        summary="multistep SDE-DPM-Solver++ with the 3M extrapolation: weak order 2 (eta=0 is dpmpp_3m, order 3)",
+    *(
+        Solver(f"dpmpp_{k}m_sde", partial(sample_dpmpp_sde, order=k), 2, 1, stochastic=True, min_steps=k, summary=doc)
+        for k, doc in (
+            (2, "SDE-DPM-Solver++(2M), weak order 2 (eta scales the noise; eta=0 is dpmpp_2m)"),
+            (3, "multistep SDE-DPM-Solver++ with the 3M extrapolation: weak order 2 (eta=0 is dpmpp_3m, order 3)"),
+        )
     ),
     Solver("unipc", sample_unipc, 3, 1, min_steps=2, summary="UniPC-2 (UniP-2 + UniC, bh2): order 3, 1 call/step"),
     Solver(

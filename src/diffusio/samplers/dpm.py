@@ -13,7 +13,9 @@ Coefficients are float64 Python scalars; tensor arithmetic stays in ``x``'s dtyp
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -22,7 +24,7 @@ from torch import Tensor
 from diffusio.core.time import Coeffs, coeffs, time_batch
 from diffusio.core.timesteps import check_grid
 from diffusio.models.base import ModelBase
-from diffusio.samplers.base import Callback, Step, model_x0
+from diffusio.samplers.base import Callback, Step, model_x0, run_grid
 from diffusio.samplers.kernels import data_sde_update, data_update, noise_update, phi
 
 __all__ = [
@@ -33,10 +35,9 @@ __all__ = [
     "sample_dpm_solver",
     "sample_dpm_solver_fast",
     "sample_dpmpp_2m",
-    "sample_dpmpp_2m_sde",
     "sample_dpmpp_2s",
     "sample_dpmpp_3m",
-    "sample_dpmpp_3m_sde",
+    "sample_dpmpp_sde",
     "sample_ipndm",
 ]
 
@@ -115,14 +116,17 @@ def sample_dpm_solver(
     Order 1 is DDIM; 2 and 3 place intermediate stages at lambda_s + r h (r = 1/2; r = 1/3, 2/3).
     """
     _check_order(order, (1, 2, 3), "dpm_solver")
-    pts = grid_points(model, ts)
-    for i in range(len(pts) - 1):
-        x_new, e_s = _dpm_single(model, x, pts[i], pts[i + 1], order, cond)
-        x0 = _x0_from_eps(x, pts[i], e_s)
-        x = x_new
-        if callback is not None:
-            callback(Step(i, float(pts[i + 1].t), x, x0))
-    return x
+    return run_grid(_singlestep(model, cond, lambda i: order), x, grid_points(model, ts), callback)
+
+
+def _singlestep(model: ModelBase, cond: dict | None, order_of) -> Callable:
+    """The step of singlestep DPM-Solver: step ``i`` of order ``order_of(i)``, reporting the x0 of its first call."""
+
+    def step(i: int, x: Tensor, s: Coeffs, t: Coeffs) -> tuple[Tensor, Tensor]:
+        x_new, e_s = _dpm_single(model, x, s, t, order_of(i), cond)
+        return x_new, _x0_from_eps(x, s, e_s)
+
+    return step
 
 
 def fast_orders(nfe: int, order: int = 3) -> list[int]:
@@ -158,14 +162,8 @@ def sample_dpm_solver_fast(
     """
     orders = fast_orders(len(ts) - 1, order)
     pts = grid_points(model, ts)
-    j = 0
-    for i, k in enumerate(orders):
-        x_new, e_s = _dpm_single(model, x, pts[j], pts[j + k], k, cond)
-        x0 = _x0_from_eps(x, pts[j], e_s)
-        x, j = x_new, j + k
-        if callback is not None:
-            callback(Step(i, float(pts[j].t), x, x0))
-    return x
+    ends = [pts[j] for j in itertools.accumulate(orders, initial=0)]  # the outer steps' end points
+    return run_grid(_singlestep(model, cond, orders.__getitem__), x, ends, callback)
 
 
 def sample_dpmpp_2s(
@@ -180,16 +178,14 @@ def sample_dpmpp_2s(
     """DPM-Solver++(2S) (Lu et al. 2022b, Alg. 1): data-form singlestep, stage at lambda_s + r1 h, 2 calls per step."""
     if not 0 < r1 < 1:
         raise ValueError(f"r1 must lie in (0, 1), got {r1}")
-    pts, path = grid_points(model, ts), model.path
-    for i in range(len(pts) - 1):
-        s, t = pts[i], pts[i + 1]
+
+    def step(i: int, x: Tensor, s: Coeffs, t: Coeffs) -> tuple[Tensor, Tensor]:
         m_s = model_x0(model, x, s.t, cond)
-        s1 = point_at_lambda(path, s.lam + r1 * (t.lam - s.lam))
+        s1 = point_at_lambda(model.path, s.lam + r1 * (t.lam - s.lam))
         m_1 = model_x0(model, data_update(x, s, s1, [m_s]), s1.t, cond)
-        x = data_update(x, s, t, [m_s + (m_1 - m_s) / (2 * r1)])
-        if callback is not None:
-            callback(Step(i, float(t.t), x, m_s))
-    return x
+        return data_update(x, s, t, [m_s + (m_1 - m_s) / (2 * r1)]), m_s
+
+    return run_grid(step, x, grid_points(model, ts), callback)
 
 
 # --- multistep DPM-Solver++ (ODE and SDE) --------------------------------------------------------------------------
@@ -264,23 +260,48 @@ def _dpmpp_multistep(model, x, ts, cond, callback, generator, opts: Multistep) -
         raise ValueError(f"eta must be >= 0, got {eta}")
     name = f"dpmpp_{order}m" + ("_sde" if eta > 0 else "")
     check_steps(ts, order, name, f"pass more steps or use a lower-order solver (e.g. dpmpp_{order - 1}m or ddim)")
-    pts = grid_points(model, ts)
-    steps, hist = len(pts) - 1, []
-    for i in range(steps):
-        s, t = pts[i], pts[i + 1]
-        m = model_x0(model, x, s.t, cond)
-        hist = [(s.lam, m)] + hist[: order - 1]
-        below = LOWER_ORDER_FINAL_BELOW_3M if order == 3 else LOWER_ORDER_FINAL_BELOW
-        p = final_order(order, i, steps, opts.lower_order_final, below)
-        ds = _dpmpp_derivs(hist[:p], t.lam - s.lam, variant, second)
+
+    def update(x: Tensor, s: Coeffs, t: Coeffs, ds: list[Tensor]) -> Tensor:
         if eta > 0:
             z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            x = data_sde_update(x, s, t, ds, eta, z)
-        else:
-            x = data_update(x, s, t, ds)
-        if callback is not None:
-            callback(Step(i, float(t.t), x, m))
-    return x
+            return data_sde_update(x, s, t, ds, eta, z)
+        return data_update(x, s, t, ds)
+
+    below = LOWER_ORDER_FINAL_BELOW_3M if order == 3 else LOWER_ORDER_FINAL_BELOW
+    plan = MultistepPlan(order, "x0", variant, second, opts.lower_order_final, below)
+    return run_multistep(model, x, ts, cond, callback, plan, update)
+
+
+@dataclass(frozen=True)
+class MultistepPlan:
+    """How a multistep exponential integrator estimates its derivatives: ``order`` past outputs of the model's
+    ``head`` ("x0": data form, "eps": noise form), the three-point ``variant`` and two-point ``second`` formulas of
+    :func:`_dpmpp_derivs`, and the lowering of the final orders (``lower_order_final`` below ``below`` steps, see
+    :func:`final_order`)."""
+
+    order: int
+    head: str
+    variant: str
+    second: str
+    lower_order_final: bool | int | str
+    below: int
+
+
+def run_multistep(model: ModelBase, x: Tensor, ts: Tensor, cond, callback, plan: MultistepPlan, update) -> Tensor:
+    """The multistep driver of DPM-Solver++(2M/3M), its SDE forms and MRS: one model call per step, the newest
+    ``plan.order`` outputs kept, and ``update(x, s, t, ds) -> x_t`` applied to the scaled derivatives ds."""
+    pts = grid_points(model, ts)
+    steps, hist = len(pts) - 1, []
+
+    def step(i: int, x: Tensor, s: Coeffs, t: Coeffs) -> tuple[Tensor, Tensor | None]:
+        nonlocal hist
+        q = model.predict(x, time_batch(s.t, x), plan.head, **(cond or {})).to(x.dtype)
+        hist = [(s.lam, q)] + hist[: plan.order - 1]
+        p = final_order(plan.order, i, steps, plan.lower_order_final, plan.below)
+        x = update(x, s, t, _dpmpp_derivs(hist[:p], t.lam - s.lam, plan.variant, plan.second))
+        return x, q if plan.head == "x0" else None
+
+    return run_grid(step, x, pts, callback)
 
 
 def sample_dpmpp_2m(
@@ -327,7 +348,7 @@ def sample_dpmpp_3m(
     return _dpmpp_multistep(model, x, ts, cond, callback, None, opts)
 
 
-def sample_dpmpp_2m_sde(
+def sample_dpmpp_sde(
     model: ModelBase,
     x: Tensor,
     ts: Tensor,
@@ -335,31 +356,20 @@ def sample_dpmpp_2m_sde(
     cond: dict | None = None,
     callback: Callback | None = None,
     generator: torch.Generator | None = None,
+    order: int = 2,
     eta: float = 1.0,
-    variant: str = "midpoint",
+    variant: str | None = None,
     lower_order_final: bool | int | str = True,
 ) -> Tensor:
-    """SDE-DPM-Solver++(2M) (Lu et al. 2022b, Sec. 5):
-    x_t = (sigma_t/sigma_s) e^{-eta h} x_s + alpha_t (1 - e^{-(1+eta)h}) D + sigma_t sqrt(1 - e^{-2 eta h}) z.
-    ``eta = 1`` is the reverse SDE, ``eta = 0`` the 2M ODE solver."""
-    return _dpmpp_multistep(model, x, ts, cond, callback, generator, Multistep(2, variant, lower_order_final, eta))
-
-
-def sample_dpmpp_3m_sde(
-    model: ModelBase,
-    x: Tensor,
-    ts: Tensor,
-    *,
-    cond: dict | None = None,
-    callback: Callback | None = None,
-    generator: torch.Generator | None = None,
-    eta: float = 1.0,
-    variant: str = "taylor3",
-    lower_order_final: bool | int | str = True,
-) -> Tensor:
-    """Third-order multistep SDE-DPM-Solver++ (the 3M extrapolation of ``sample_dpmpp_3m`` with the SDE's exactly
-    integrated linear part and noise, as in ``sample_dpmpp_2m_sde``). ``eta = 0`` is the 3M ODE solver."""
-    return _dpmpp_multistep(model, x, ts, cond, callback, generator, Multistep(3, variant, lower_order_final, eta))
+    """Multistep SDE-DPM-Solver++ (Lu et al. 2022b, Sec. 5), registered as ``dpmpp_2m_sde`` (order 2) and
+    ``dpmpp_3m_sde`` (order 3):
+    x_t = (sigma_t/sigma_s) e^{-eta h} x_s + alpha_t (1 - e^{-(1+eta)h}) D + sigma_t sqrt(1 - e^{-2 eta h}) z,
+    with D the 2M estimate (order 2) or the 3M extrapolation of ``sample_dpmpp_3m`` (order 3). ``eta = 1`` is the
+    reverse SDE, ``eta = 0`` the 2M / 3M ODE solver. ``variant`` (None: "midpoint" for order 2, "taylor3" for
+    order 3) as in ``sample_dpmpp_2m`` / ``sample_dpmpp_3m``."""
+    _check_order(order, (2, 3), "dpmpp_sde")
+    variant = _VARIANTS[order][0] if variant is None else variant
+    return _dpmpp_multistep(model, x, ts, cond, callback, generator, Multistep(order, variant, lower_order_final, eta))
 
 
 # --- iPNDM: the classic linear-multistep reference -----------------------------------------------------------------

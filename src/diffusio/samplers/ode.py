@@ -10,17 +10,17 @@ from torch import Tensor
 
 from diffusio.core.time import coeffs
 from diffusio.models.base import ModelBase
-from diffusio.samplers.base import Callback, run_kernel
+from diffusio.samplers.base import Callback, kernel_sampler, run_kernel
 from diffusio.samplers.kernels import ddim_step, euler_step, heun_step
 
 __all__ = ["sample_ddim", "sample_euler", "sample_heun"]
 
 
-def sample_euler(
-    model: ModelBase, x: Tensor, ts: Tensor, *, cond: dict | None = None, callback: Callback | None = None
-) -> Tensor:
-    """Euler's method on the probability-flow ODE in the path's native time (1 call per step, order 1)."""
-    return run_kernel(euler_step, model, x, ts, callback, cond=cond)
+sample_euler = kernel_sampler(
+    euler_step,
+    "sample_euler",
+    """Euler's method on the probability-flow ODE in the path's native time (1 call per step, order 1).""",
+)
 
 
 def sample_heun(
@@ -71,21 +71,13 @@ def _churn(path, x, t, gamma, *, s_lo, s_hi, s_noise, generator):
     return scale * x + float(c_hat.alpha * torch.sqrt((s_hat**2 - s**2).clamp(min=0))) * s_noise * z, t_hat
 
 
-def sample_ddim(
-    model: ModelBase,
-    x: Tensor,
-    ts: Tensor,
-    *,
-    cond: dict | None = None,
-    callback: Callback | None = None,
-    generator: torch.Generator | None = None,
-    eta: float = 0.0,
-) -> Tensor:
+sample_ddim = kernel_sampler(
+    ddim_step,
+    "sample_ddim",
     """DDIM (Song, Meng & Ermon 2021, Eq. 12): x_s = alpha_s x0 + sqrt(sigma_s^2 - (eta c)^2) eps + eta c z.
 
     ``eta = 0`` is the deterministic first-order exponential integrator, written as
     x_s = (sigma_s/sigma_t) x_t - alpha_s expm1(lambda_t - lambda_s) x0; ``eta = 1`` is DDPM's ancestral step.
-    """
-    if eta < 0:
-        raise ValueError(f"eta must be >= 0, got {eta}")
-    return run_kernel(ddim_step, model, x, ts, callback, cond=cond, eta=eta, generator=generator)
+    """,
+    nonnegative=("eta",),
+)

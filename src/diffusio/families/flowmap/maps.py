@@ -28,7 +28,7 @@ from diffusio.core.time import as_time, broadcast, time_batch
 from diffusio.models.base import CountingModel, ModelBase, ModelWrapper, _net_dtype
 from diffusio.models.wrappers import Rescheduled
 from diffusio.samplers import Solver, register_solver
-from diffusio.samplers.base import Callback, Step
+from diffusio.samplers.base import Callback, run_grid
 from diffusio.samplers.kernels import heun_update
 from diffusio.training.losses import LogitNormal, UniformTime
 
@@ -72,12 +72,11 @@ def sample_flowmap(
     1 flow-map call per jump, plus 2 velocity calls per prediction-changing wrapper.
     """
     flow_map_of(model)
-    for i in range(len(ts) - 1):
-        t, s = time_batch(ts[i], x), time_batch(ts[i + 1], x)
-        x = flow_jump(model, x, t, s, cond or {})
-        if callback is not None:
-            callback(Step(i, float(ts[i + 1]), x))
-    return x
+
+    def jump(i: int, x: Tensor, t: Tensor, s: Tensor) -> tuple[Tensor, None]:
+        return flow_jump(model, x, time_batch(t, x), time_batch(s, x), cond or {}), None
+
+    return run_grid(jump, x, ts, callback)
 
 
 def flow_map_of(model: ModelBase) -> FlowMapModel:

@@ -15,7 +15,7 @@ from diffusio.families.interpolants.coefficients import ConstantEpsilon
 from diffusio.families.interpolants.fields import InterpolantModel
 from diffusio.models.base import ModelBase
 from diffusio.samplers import Solver, register_solver
-from diffusio.samplers.base import Callback, Step
+from diffusio.samplers.base import Callback, run_grid
 from diffusio.samplers.kernels import em_update, heun_update
 
 _F64 = torch.float64
@@ -110,11 +110,11 @@ def sample_si_ode(
     """Heun on the transport ODE dx/dt = u(x, t) with the model's own velocity head, in library time (the
     interpolant's ODE, paper Sec. 6, for :class:`InterpolantModel` and its wrappers). 2 calls per step."""
     u = _u(model, cond)
-    for i in range(len(ts) - 1):
-        x, _ = heun_update(u, x, u(x, ts[i]), float(ts[i + 1] - ts[i]), ts[i + 1])
-        if callback is not None:
-            callback(Step(i, float(ts[i + 1]), x))
-    return x
+
+    def step(i: int, x: Tensor, t: Tensor, t_next: Tensor) -> tuple[Tensor, None]:
+        return heun_update(u, x, u(x, t), float(t_next - t), t_next)[0], None
+
+    return run_grid(step, x, ts, callback)
 
 
 def sample_si_sde(
@@ -132,20 +132,20 @@ def sample_si_sde(
     schedule in the paper's time. 2 calls per step (velocity and score)."""
     eps_fn = ConstantEpsilon(float(epsilon)) if isinstance(epsilon, int | float) else epsilon
     u = _u(model, cond)
-    for i in range(len(ts) - 1):
-        e = float(eps_fn(1 - torch.as_tensor(ts[i], dtype=_F64)))
+
+    def step(i: int, x: Tensor, t: Tensor, t_next: Tensor) -> tuple[Tensor, None]:
+        e = float(eps_fn(1 - torch.as_tensor(t, dtype=_F64)))
         if not (math.isfinite(e) and e >= 0):
-            raise ValueError(f"epsilon(t) must be finite and >= 0 at every step; got {e:.4g} at t={float(ts[i]):.4g}")
-        drift = u(x, ts[i])
+            raise ValueError(f"epsilon(t) must be finite and >= 0 at every step; got {e:.4g} at t={float(t):.4g}")
+        drift = u(x, t)
         z = None
         if e > 0:
-            s = model.predict(x, time_batch(ts[i], x), "score", **(cond or {})).to(x.dtype)
+            s = model.predict(x, time_batch(t, x), "score", **(cond or {})).to(x.dtype)
             drift = drift - e * s
             z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        x = em_update(x, drift, 2 * e, float(ts[i + 1] - ts[i]), z)
-        if callback is not None:
-            callback(Step(i, float(ts[i + 1]), x))
-    return x
+        return em_update(x, drift, 2 * e, float(t_next - t), z), None
+
+    return run_grid(step, x, ts, callback)
 
 
 register_solver(

@@ -26,10 +26,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from diffusio.core.time import time_batch
 from diffusio.models.base import ModelBase
-from diffusio.samplers.base import Callback, Step
-from diffusio.samplers.dpm import _dpmpp_derivs, final_order, grid_points
+from diffusio.samplers.base import Callback
+from diffusio.samplers.dpm import MultistepPlan, run_multistep
 from diffusio.samplers.kernels import data_sde_update, data_update, noise_sde_update, noise_update
 
 __all__ = ["FORMS", "sample_mrs", "sample_mrs_sde"]
@@ -50,13 +49,27 @@ def _check(order: int, allowed: tuple[int, ...], name: str) -> None:
         raise ValueError(f"order must be one of {allowed} for {name}; got order={order!r}")
 
 
-def _step(x: Tensor, s, t, ds: list[Tensor], head: str, stochastic: bool, generator) -> Tensor:
-    """One MRS update s -> t from the derivative estimates ``ds``: the exponential-integrator kernels (ODE: data or
+def _update(head: str, stochastic: bool, generator):
+    """The MRS update s -> t from the derivative estimates ``ds``: the exponential-integrator kernels (ODE: data or
     noise form; SDE: SDE-DPM-Solver++ with eta = 1 in data form, MRS Eq. 16 in noise form)."""
-    if not stochastic:
-        return data_update(x, s, t, ds) if head == "x0" else noise_update(x, s, t, ds)
-    z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-    return data_sde_update(x, s, t, ds, 1.0, z) if head == "x0" else noise_sde_update(x, s, t, ds, z)
+
+    def update(x: Tensor, s, t, ds: list[Tensor]) -> Tensor:
+        if not stochastic:
+            return data_update(x, s, t, ds) if head == "x0" else noise_update(x, s, t, ds)
+        z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        return data_sde_update(x, s, t, ds, 1.0, z) if head == "x0" else noise_sde_update(x, s, t, ds, z)
+
+    return update
+
+
+def _run(model, x, ts, cond, callback, generator, opts: _MRS) -> Tensor:
+    """The multistep DPM-Solver++ driver with MRS's options: Taylor two-point formula, D2 weight w3 (1: the
+    official three-point variant, 2: Taylor), and the last orders lowered on runs shorter than 10 steps (official
+    MRSampler)."""
+    head = _head(opts.form)
+    variant = "official" if opts.w3 == 1.0 else "taylor3"
+    plan = MultistepPlan(opts.order, head, variant, "taylor", bool(opts.lower_order_final), below=10)
+    return run_multistep(model, x, ts, cond, callback, plan, _update(head, opts.stochastic, generator))
 
 
 @dataclass(frozen=True)
@@ -69,23 +82,6 @@ class _MRS:
     stochastic: bool
     w3: float = 1.0
     lower_order_final: bool = True
-
-
-def _run(model, x, ts, cond, callback, generator, opts: _MRS) -> Tensor:
-    order, form, stochastic, w3 = opts.order, opts.form, opts.stochastic, opts.w3
-    head, pts, hist = _head(form), grid_points(model, ts), []
-    steps = len(pts) - 1
-    variant = "official" if w3 == 1.0 else "taylor3"
-    for i in range(steps):
-        s, t = pts[i], pts[i + 1]
-        q = model.predict(x, time_batch(s.t, x), head, **(cond or {})).to(x.dtype)
-        hist = [(s.lam, q)] + hist[: order - 1]
-        # MRS lowers the last orders on runs shorter than 10 steps (official MRSampler)
-        k = final_order(order, i, steps, bool(opts.lower_order_final), below=10)
-        x = _step(x, s, t, _dpmpp_derivs(hist[:k], t.lam - s.lam, variant, "taylor"), head, stochastic, generator)
-        if callback is not None:
-            callback(Step(i, float(t.t), x, q if head == "x0" else None))
-    return x
 
 
 def sample_mrs(
