@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from bench.common import results_dir, write_results
+from bench.common import publish
 from bench.solvers import digits_model
 from diffusio.core.paths import DiscreteDDPM
 from diffusio.core.timesteps import get_timesteps
@@ -202,12 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("--eval-seeds must differ from --search-seed (they measure the transfer)")
     torch.set_num_threads(args.threads)
     res = run(args)
-    out = results_dir(args.out)
-    md = markdown(res)
-    write_results(out, "autodiffusion", res, md)
-    plot(res, str(out / "autodiffusion.png"))
-    print(md)
-    return 0
+    return publish(args.out, "autodiffusion", res, markdown(res), plot)
 
 
 if __name__ == "__main__":

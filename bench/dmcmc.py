@@ -22,7 +22,7 @@ import time
 
 import torch
 
-from bench.common import results_dir, write_results
+from bench.common import publish
 from bench.solvers import digits_model, gmm64, sliced_w2
 from diffusio.core.paths import EDM
 from diffusio.data import GaussianMixture
@@ -32,7 +32,7 @@ from diffusio.samplers import sample
 from diffusio.samplers.dmcmc import ChainState, ExactLevelPosterior, init_chains, sample_dmcmc
 
 BUDGETS = {10: (4, 3), 20: (6, 7), 40: (10, 15)}  # total calls per sample: (Langevin sweeps, Heun steps)
-ETA = {"gaussians": 0.02, "gmm64": 0.05, "digits": 0.05}
+ETA = {"gaussians": 0.02, "gmm64": 0.05, "digits": 0.1}
 INIT_STEPS = 10  # the initial Heun solve (Kim & Ye 2023, Alg. 1, step 1): 20 calls
 
 
@@ -248,12 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         ETA.update(dict.fromkeys(ETA, args.eta))
     torch.set_num_threads(args.threads)
     res = {"models": {name: run_problem(name, args.n, args.burn, progress=print) for name in args.models}}
-    out = results_dir(args.out)
-    md = markdown(res)
-    write_results(out, "dmcmc", res, md)
-    plot(res, str(out / "dmcmc.png"))
-    print(md)
-    return 0
+    return publish(args.out, "dmcmc", res, markdown(res), plot)
 
 
 if __name__ == "__main__":
