@@ -171,9 +171,10 @@ def plot(res: dict, file: str) -> None:
             ks = [r["steps"] for r in rows]
             vals = [[r["fd"][g][s] for s in seeds] for r in rows]
             mean = [sum(v) / len(v) for v in vals]
-            ax.plot(ks, mean, "o-", label=g)
+            (line,) = ax.plot(ks, mean, "o-", label=g)
             for k, v in zip(ks, vals):
-                ax.scatter([k] * len(v), v, s=8, alpha=0.4)
+                ax.scatter([k] * len(v), v, s=8, alpha=0.4, color=line.get_color())
+        ax.set_xticks(sorted({r["steps"] for r in rows}))
         ax.set(xlabel="steps", ylabel="Fréchet distance (other seeds)", yscale="log", title=solver)
         ax.legend()
     fig.tight_layout()
