@@ -499,7 +499,8 @@ def markdown(results: dict, nfes) -> str:
         "options on a grid (`logsnr`: uniform in log-SNR; `karras`: rho = 7; `quadratic`: quadratic in t);",
         "k-diffusion's samplers run on the same three grids; diffusers' schedulers use their own timestep spacings.",
         "`-`: the budget is not a multiple of the calls per step. Reproduce: `diffusio bench solvers --threads 1`",
-        "(the digits model is trained once into the cache, `DIFFUSIO_CACHE/bench/digits`, and reused).",
+        "(the digits model is trained once into the cache, `DIFFUSIO_CACHE/bench/digits`, and reused, unless",
+        "`--digits-ckpt` names another checkpoint: the digits section's note says which model was used).",
     ]
     lines += ["", "## summary", "", *_summary_table(results, nfes)]
     lines += ["", "## autotune", "", *_autotune_table(results, nfes)]
