@@ -17,6 +17,7 @@ Writes JSON, markdown and a PNG (histograms of the levels reached) to ``--out``.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import time
 
@@ -239,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", nargs="+", default=["gaussians", "gmm64", "digits"], choices=list(ETA))
     parser.add_argument("--eta", type=float, help="override the Langevin step of every model (calibration)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--merge", nargs="+", default=[], help="earlier dmcmc.json files: their models not re-run here")
     args = parser.parse_args(argv)
     if args.n < 10 or args.burn < 0:
         raise SystemExit("--n must be >= 10 and --burn >= 0")
@@ -247,7 +249,11 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"--eta must be a positive number, got {args.eta}")
         ETA.update(dict.fromkeys(ETA, args.eta))
     torch.set_num_threads(args.threads)
-    res = {"models": {name: run_problem(name, args.n, args.burn, progress=print) for name in args.models}}
+    res = {"models": {}}
+    for f in args.merge:
+        with open(f) as fh:
+            res["models"].update(json.load(fh)["models"])
+    res["models"].update({name: run_problem(name, args.n, args.burn, progress=print) for name in args.models})
     return publish(args.out, "dmcmc", res, markdown(res), plot)
 
 
