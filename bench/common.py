@@ -46,3 +46,13 @@ def environment() -> dict:
 def write_results(out: Path, name: str, payload: dict, markdown: str) -> None:
     save_json({**payload, "environment": environment()}, out / f"{name}.json")
     (out / f"{name}.md").write_text(markdown)
+
+
+def publish(out_arg: str | None, name: str, payload: dict, markdown: str, plot: Callable[[dict, str], None]) -> int:
+    """Write ``name``.json/.md and the PNG drawn by ``plot(payload, file)`` to the results directory; print the
+    markdown."""
+    out = results_dir(out_arg)
+    write_results(out, name, payload, markdown)
+    plot(payload, str(out / f"{name}.png"))
+    print(markdown)
+    return 0

@@ -122,9 +122,11 @@ def digits_problem(batch: int, progress=print, ckpt: str | None = None) -> Probl
     data, labels = load_digits(**{k: v for k, v in cfg["data"].items() if k != "name"})
     perm = torch.randperm(len(data), generator=torch.Generator().manual_seed(1))
     x = model.path.prior_sample((batch, *data.shape[1:]), generator=torch.Generator().manual_seed(0))
+    steps = cfg.get("train", {}).get("steps")
+    origin = "configs/digits.yaml" if ckpt is None else f"the checkpoint {ckpt}"
     note = (
-        "class-conditional EDM U-Net (configs/digits.yaml, labels 0-9 in turn), re-scheduled onto the DDPM table "
-        "(interop.reschedule) so that every solver, every peer and the reference solve the same ODE"
+        f"class-conditional EDM U-Net ({origin}, trained {steps} steps; labels 0-9 in turn), re-scheduled onto the "
+        "DDPM table (interop.reschedule) so that every solver, every peer and the reference solve the same ODE"
     )
     y = {"y": torch.arange(batch) % 10}
     return Problem("digits", model, data[perm].double(), x, y, {"y": labels[perm]}, 1e-5, note, (512, 60))
@@ -497,7 +499,8 @@ def markdown(results: dict, nfes) -> str:
         "options on a grid (`logsnr`: uniform in log-SNR; `karras`: rho = 7; `quadratic`: quadratic in t);",
         "k-diffusion's samplers run on the same three grids; diffusers' schedulers use their own timestep spacings.",
         "`-`: the budget is not a multiple of the calls per step. Reproduce: `diffusio bench solvers --threads 1`",
-        "(the digits model is trained once into the cache, `DIFFUSIO_CACHE/bench/digits`, and reused).",
+        "(the digits model is trained once into the cache, `DIFFUSIO_CACHE/bench/digits`, and reused, unless",
+        "`--digits-ckpt` names another checkpoint: the digits section's note says which model was used).",
     ]
     lines += ["", "## summary", "", *_summary_table(results, nfes)]
     lines += ["", "## autotune", "", *_autotune_table(results, nfes)]

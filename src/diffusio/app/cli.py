@@ -36,6 +36,7 @@ BENCHES = {
     "fuzz": "fuzz",
     "posterior": "posterior",
     "dmcmc": "dmcmc",
+    "autodiffusion": "autodiffusion",
     "crash": "crash",
     "anomaly": "anomaly",
     "forward-models": "forward_models",
@@ -227,6 +228,12 @@ def _cmd_sample(args) -> int:
             cleanup()
             raise ValueError("sampling across processes covers diffusion/flow checkpoints; run it without torchrun")
         return _sample_family(model, cfg, args, opts)
+    if args.solver == "dmcmc":  # Denoising MCMC with a trained noise-level classifier (app/dmcmc_cli.py)
+        from diffusio.app.dmcmc_cli import sample_dmcmc_cli
+
+        return sample_dmcmc_cli(model, cfg, args, opts, _labels(cfg, args.n, args.class_), save_samples)
+    if args.levels_ckpt:
+        raise ValueError("--levels-ckpt is used by --solver dmcmc only")
     if args.solver == "auto":  # autotuned solver and grid for --nfe calls (app/tune_cli.py)
         from diffusio.app.tune_cli import sample_auto
 
@@ -443,6 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--opt", action="append", help="solver option NAME=VALUE (e.g. eta=0.5), repeatable")
     s.add_argument("--device", default=None)
     s.add_argument("--nfe", type=int, help="with --solver auto: the budget of model calls per sample")
+    s.add_argument("--levels-ckpt", help="with --solver dmcmc: the noise-level classifier (diffusio train *_levels)")
     s.set_defaults(fn=_cmd_sample)
 
     e = sub.add_parser("eval", help="metrics of a sample file against its data set")

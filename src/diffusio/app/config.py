@@ -280,8 +280,13 @@ def _check_net(where: str, v, cfg: dict) -> None:
         from diffusio.nets.heads import image_label_net
 
         nets = {"image_label": image_label_net}
+    if cfg.get("family") == "levels":  # noise-level classifiers (families.levels, for Denoising MCMC)
+        from diffusio.families.levels.family import _nets as level_nets
+
+        nets = level_nets()
     name, spec = named_section(where, v, nets)
-    check_call(f"{where} ({name})", nets[name], spec, extra={"num_classes": int | str | None})
+    skip = ("num_levels", "dim", "in_channels", "image_size") if cfg.get("family") == "levels" else ()
+    check_call(f"{where} ({name})", nets[name], spec, extra={"num_classes": int | str | None}, skip=skip)
     for k, val in spec.items():
         if isinstance(val, int) and not isinstance(val, bool) and val < 0:
             raise ConfigError(f"{where}.{k} must be >= 0, got {val}")
@@ -314,6 +319,13 @@ def _check_model(where: str, v, cfg: dict) -> None:
 
         check_call(where, MultiTaskModel, spec, skip=("net", "path"))
         return
+    if cfg.get("family") == "levels":
+        from diffusio.families.levels.family import MODEL_KEYS as LEVEL_KEYS
+
+        check_keys(where, spec, LEVEL_KEYS)
+        for k, val in spec.items():
+            check_value(f"{where}.{k}", val, LEVEL_KEYS[k])
+        return
     check_keys(where, spec, MODEL_KEYS)
     for k, val in spec.items():
         check_value(f"{where}.{k}", val, MODEL_KEYS[k])
@@ -330,6 +342,10 @@ def _check_loss(where: str, v, cfg: dict) -> None:
         from diffusio.families.multitask import MultiTaskLoss
 
         check_call(where, MultiTaskLoss, spec)
+    elif family == "levels":
+        from diffusio.families.levels import LevelLoss
+
+        check_call(where, LevelLoss, spec, skip=("num_levels",))
     elif family == "flowmap":
         from diffusio.families.flowmap import FlowMapDistillation
 

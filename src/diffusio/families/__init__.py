@@ -8,6 +8,7 @@ registry; ``import diffusio`` does so.
 
 from diffusio.families import flow_matching, flowmap, interpolants, mean_reverting, pfgmpp
 from diffusio.families.base import DIFFUSION, Builders, Family
+from diffusio.families.levels.family import FAMILY as LEVELS
 from diffusio.families.multitask.family import FAMILY as MULTITASK
 
 FAMILIES: dict[str, Family] = {
@@ -20,6 +21,7 @@ FAMILIES: dict[str, Family] = {
         mean_reverting.FAMILY,
         flowmap.FAMILY,
         MULTITASK,
+        LEVELS,
     )
 }
 

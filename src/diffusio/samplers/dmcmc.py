@@ -11,7 +11,10 @@ The chain targets the joint pi(x, i) = p(i) p_{t_i}(x) over data x and an index 
    the mode (the official demo's greedy choice, which biases the chain toward modal levels).
 
 Each chain keeps the visited state with the lowest noise in a window of sweeps and hands it to any registered
-ODE/SDE solver started at that chain's own level (chains with equal levels share one batched solve). The Langevin
+ODE/SDE solver started at that chain's own level (chains with equal levels share one batched solve). The level
+posterior comes from any callable x -> logits: a noise-level classifier trained by ``diffusio train`` (the
+``levels`` family, :class:`diffusio.families.levels.LevelClassifier`, whose grid is checked against the chain's)
+or, for a known Gaussian mixture, :class:`ExactLevelPosterior` (tests, reference rows of the benchmark). The Langevin
 step is :func:`diffusio.samplers.kernels.em_update` (drift score/2, unit diffusion, dt = eta). Model calls are
 counted per sample; classifier calls are reported separately.
 
@@ -34,7 +37,16 @@ from diffusio.models.base import CountingModel, ModelBase
 from diffusio.samplers import get_solver, sample
 from diffusio.samplers.kernels import em_update
 
-__all__ = ["ChainState", "DLGResult", "ExactLevelPosterior", "langevin_gibbs", "level_grid", "sample_dmcmc"]
+__all__ = [
+    "ChainState",
+    "DLGResult",
+    "ExactLevelPosterior",
+    "check_classifier_grid",
+    "init_chains",
+    "langevin_gibbs",
+    "level_grid",
+    "sample_dmcmc",
+]
 
 _F64 = torch.float64
 
@@ -101,6 +113,54 @@ def _validate(levels: Tensor, eta: float, sweeps: int, level: str) -> None:
         raise ValueError(f"level must be 'sample' (Gibbs), 'argmax' (greedy) or 'fixed' (no update), got {level!r}")
 
 
+def check_classifier_grid(classifier, levels: Tensor) -> None:
+    """A classifier that carries its level grid (``classifier.levels``, e.g. a trained
+    :class:`diffusio.families.levels.LevelClassifier`) must have been trained on ``levels`` (Kim & Ye 2023: an
+    index shift silently moves every noise level)."""
+    own = getattr(classifier, "levels", None)
+    if own is None:
+        return
+    own = torch.as_tensor(own, dtype=_F64)
+    if own.shape != levels.shape or not torch.allclose(own, levels.to(own), rtol=1e-6, atol=0.0):
+        raise ValueError(
+            f"the classifier was trained on another level grid ({len(own)} levels, t from {float(own[0]):.4g} to "
+            f"{float(own[-1]):.4g}) than the chain's ({len(levels)} levels, {float(levels[0]):.4g} to "
+            f"{float(levels[-1]):.4g}); pass levels=classifier.levels"
+        )
+
+
+def init_chains(
+    model: ModelBase,
+    x: Tensor,
+    levels: Tensor,
+    classifier: LevelLogits,
+    *,
+    eta: float,
+    burn: int,
+    steps: int = 10,
+    renoise: float = 0.5,
+    cond: dict | None = None,
+    generator: torch.Generator | None = None,
+    progress: bool = False,
+) -> tuple[ChainState, int]:
+    """Start B chains from prior noise ``x`` (Kim & Ye 2023, Alg. 1, step 1): rough samples from one Heun solve of
+    ``steps`` steps, re-noised by ``renoise`` (a standard deviation), the level from the classifier's mode, then
+    ``burn`` Langevin-Gibbs sweeps. Returns the state and the model calls per chain it spent."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps (of the initial Heun solve) must be an integer >= 1, got {steps!r}")
+    if not (isinstance(renoise, float | int) and 0 <= renoise < float("inf")):
+        raise ValueError(f"renoise must be a finite number >= 0, got {renoise!r}")
+    levels = torch.as_tensor(levels, dtype=_F64)
+    rough = sample(model, x, solver="heun", steps=steps, grid="karras", cond=cond)
+    y = rough.x + renoise * torch.randn(rough.x.shape, generator=generator, dtype=rough.x.dtype)
+    idx = torch.argmax(classifier(y), 1).to(torch.long)
+    win = langevin_gibbs(
+        model, ChainState(y, idx), levels, classifier, eta=eta, sweeps=burn, cond=cond, generator=generator,
+        progress=progress,
+    )  # fmt: skip
+    return win.state, rough.nfe + win.calls
+
+
 def langevin_gibbs(
     model: ModelBase,
     state: ChainState,
@@ -121,6 +181,7 @@ def langevin_gibbs(
     _validate(levels, eta, sweeps, level)
     if classifier is None and level != "fixed":
         raise ValueError("a classifier (x -> logits over the levels) is needed unless level='fixed'")
+    check_classifier_grid(classifier, levels)
     x, idx = state.x, state.idx.clone()
     if idx.shape != (x.shape[0],) or int(idx.min()) < 0 or int(idx.max()) >= len(levels):
         raise ValueError(f"state.idx must hold {x.shape[0]} indices in [0, {len(levels) - 1}]")

@@ -138,8 +138,9 @@ def teacher(
 @dataclass
 class Fitness:
     """Scores a grid for one solver: trajectory error to the teacher from the same noise ``x`` (``ref``), or, if
-    ``data`` is given, the sliced W2 distance to it. Counts the model calls it spends (``calls``) and the number of
-    grids scored (``evaluations``). The noise is fixed: common random numbers across candidates."""
+    ``data`` is given, ``distance(samples, data)`` (default: the sliced W2 distance; e.g. a Fréchet distance of
+    classifier features for images). Counts the model calls it spends (``calls``) and the number of grids scored
+    (``evaluations``). The noise is fixed: common random numbers across candidates."""
 
     model: ModelBase
     solver: str
@@ -148,6 +149,7 @@ class Fitness:
     data: Tensor | None = None
     cond: dict | None = None
     options: dict = field(default_factory=dict)
+    distance: Callable[[Tensor, Tensor], float] | None = None
     calls: int = 0
     evaluations: int = 0
     rejected: list[str] = field(default_factory=list)
@@ -157,6 +159,8 @@ class Fitness:
             raise ValueError("Fitness needs exactly one of ref (the teacher's solution) or data (held-out samples)")
         if self.data is not None and len(self.data) < len(self.x):
             raise ValueError(f"data must hold at least as many samples as x ({len(self.x)}), got {len(self.data)}")
+        if self.distance is not None and (self.data is None or not callable(self.distance)):
+            raise ValueError("distance must be a callable (samples, data) -> float and needs data=")
 
     def samples(self, ts: Tensor) -> Tensor:
         counted = CountingModel(self.model)
@@ -175,6 +179,9 @@ class Fitness:
             return math.inf
         if self.ref is not None:
             return rms_error(y, self.ref)
+        if self.distance is not None:
+            d = float(self.distance(y, self.data))
+            return d if math.isfinite(d) else math.inf
         return sliced_w2(y, self.data[: len(y)])
 
 
