@@ -71,7 +71,7 @@ def _nets() -> dict[str, Callable[..., torch.nn.Module]]:
 
 
 NETS = ("mlp", "unet", "flowmap_mlp", "dit", "energy_mlp")
-DATA = ("toy", "digits", "images", "patches", "phantoms", "gmm", "restoration")
+DATA = ("toy", "digits", "images", "patches", "phantoms", "restoration")
 
 
 def _build_coupling(section: dict | str | None):
