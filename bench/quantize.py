@@ -32,7 +32,7 @@ from diffusio.nets import MLP, FlattenNet
 from diffusio.samplers import sample
 
 METHODS = ("naive", "data", "uniform", "ptq4dm")
-ABLATION_BITS = ((8, 8), (4, 8), (8, 6))  # (weight bits, activation bits)
+ABLATION_BITS = ("W8A8", "W4A8", "W8A6")  # the default of --bits: weight and activation bits
 
 
 def _log(msg: str) -> None:
@@ -154,7 +154,7 @@ def run_model(name, model, data, train, test, cond_fn, args, clf) -> dict:
     keep: list[str] = list(args.keep_float or [])
     if name in args.sensitivity and not keep:
         _log(f"{name}: per-layer sensitivity (each layer alone in int8)")
-        sens_in = noised_inputs(model.path, test[: args.n_eps // 2], cond_fn)
+        sens_in = noised_inputs(model.path, test[: args.n_sens], cond_fn)
         sens = layer_sensitivity(model, calib, sens_in, progress=False)
         keep = choose_keep_float(sens, args.budget)
         res["sensitivity"] = {k: _per_t(v) for k, v in sens.items()}
@@ -247,7 +247,7 @@ def ablation(model, data, train, test, cond_fn, keep, ref_samples, x_T, cond, ar
     from diffusio.metrics import digits_frechet_distance
 
     shape = tuple(data.shape[1:])
-    evals = noised_inputs(model.path, test[: args.n_eps], cond_fn)
+    evals = noised_inputs(model.path, test[: args.n_ablation], cond_fn)
     traj = calibration_set(
         model,
         shape,
@@ -272,7 +272,7 @@ def ablation(model, data, train, test, cond_fn, keep, ref_samples, x_T, cond, ar
             )
             for m in METHODS
         }
-        for wb, ab in ABLATION_BITS:
+        for wb, ab in map(_wa, args.bits):
             for m, c in sets.items():
                 _log(f"ablation: seed {seed}, W{wb}A{ab}, {m}")
                 q = quantize(
@@ -301,7 +301,7 @@ def ablation_summary(rows: list[dict]) -> dict:
     """Mean and standard deviation over seeds of each metric, by ``(bits, method)``; and how often (over seeds)
     PTQ4DM's set beats each other set on each metric."""
     out = {}
-    for wb, ab in ABLATION_BITS:
+    for wb, ab in sorted({(r["weight_bits"], r["act_bits"]) for r in rows}, key=lambda wa: (-wa[0], -wa[1])):
         key = f"W{wb}A{ab}"
         sub = [r for r in rows if r["weight_bits"] == wb and r["act_bits"] == ab]
         if not sub:
@@ -320,8 +320,46 @@ def ablation_summary(rows: list[dict]) -> dict:
     return out
 
 
+def _wa(spec: str) -> tuple[int, int]:
+    """``"W8A6"`` -> ``(8, 6)``."""
+    import re
+
+    m = re.fullmatch(r"W([2-8])A([2-8])", spec)
+    if not m:
+        raise ValueError(f"bit widths look like W8A8 or W4A8 (2-8 each); got {spec!r}")
+    return int(m[1]), int(m[2])
+
+
 def _pm(v: list[float], plain: bool) -> str:
     return f"{v[0]:.2f} ± {v[1]:.2f}" if plain else f"{v[0]:.2e} ± {v[1]:.1e}"
+
+
+def _ablation_md(r: dict, args) -> list[str]:
+    if not r.get("ablation"):
+        return []
+    lines = []
+    if r.get("ablation"):
+        summ = ablation_summary(r["ablation"])
+        n_seeds = len({a["seed"] for a in r["ablation"]})
+        lines += [
+            f"Calibration ablation (PT2E, keep float as above; {args.calib} inputs per set, mean ± std "
+            f"over {n_seeds} seeds; lower is better). naive = prior noise at t_max only; data = training "
+            "images noised at uniform grid times; uniform = the fp32 sampler's states, every step equally; "
+            "ptq4dm = the fp32 sampler's states at NDTC steps (mu = sigma = 0.4, low-noise end). Samples: the "
+            f"first {args.n_ablation} of the fp32 noise draws (so the Fréchet distances are of "
+            f"{args.n_ablation} samples: comparable across rows, not with the table above).",
+            "",
+            "| bits | calibration | eps rel. MSE, noised data | eps rel. MSE, sampler states | "
+            "sample deviation | Fréchet distance |",
+            "|---|---|---|---|---|---|",
+        ]
+        for key, d in summ.items():
+            for m in METHODS:
+                lines.append(
+                    f"| {key} | {m} | " + " | ".join(_pm(d[m][k], k == "frechet") for k in ABLATION_METRICS) + " |"
+                )
+        lines.append("")
+    return lines
 
 
 def _markdown(res: dict, args) -> str:
@@ -339,15 +377,20 @@ def _markdown(res: dict, args) -> str:
         "",
     ]
     for name, r in res["models"].items():
+        if "timing" not in r:  # an ablation-only part: its section is the ablation table
+            lines += [f"## {name}", "", "(speed and quality not measured in this run)", ""]
+            lines += _ablation_md(r, args)
+            continue
         variants = [k for k in r["timing"][0] if k not in ("batch", "load")]
         int8 = [v for v in variants if v.startswith("int8")]
         lines += [f"## {name}", "", f"Load at start: {r['load_start']}; at end: {r['load_end']}.", ""]
         if r.get("keep_float"):
-            lines += [
-                f"Kept in float32 (mixed): `{', '.join(r['keep_float'])}` (chosen from the per-layer "
-                f"sensitivity below, summed worst-t error budget {args.budget:g})",
-                "",
-            ]
+            why = (
+                f"chosen by `choose_keep_float` from the per-layer sensitivity below, budget {args.budget:g}"
+                if r.get("sensitivity")
+                else "given with --keep-float"
+            )
+            lines += [f"Kept in float32 (every other conv/linear int8): `{', '.join(r['keep_float'])}` ({why}).", ""]
         lines += [
             "| batch | "
             + " | ".join(f"{v} (s)" for v in variants)
@@ -368,7 +411,7 @@ def _markdown(res: dict, args) -> str:
                 + " | "
                 + " | ".join(f"{c / row[v]:.2f}x" for v in int8)
                 + " | "
-                + row["load"].split(" on")[0]
+                + row["load"].split(" on")[0].removeprefix("load average ")
                 + " |"
             )
         lines += ["", "Size: " + ", ".join(f"{k} {v / 1024:.0f} KiB" for k, v in r["sizes"].items()), ""]
@@ -414,25 +457,7 @@ def _markdown(res: dict, args) -> str:
                     f"{_max(st['per_t']):.2e} |"
                 )
             lines.append("")
-        if r.get("ablation"):
-            summ = ablation_summary(r["ablation"])
-            n_seeds = len({a["seed"] for a in r["ablation"]})
-            lines += [
-                f"Calibration ablation (PT2E, keep float as above; {args.calib} inputs per set, mean ± std "
-                f"over {n_seeds} seeds; lower is better). naive = prior noise at t_max only; data = training "
-                "images noised at uniform grid times; uniform = the fp32 sampler's states, every step equally; "
-                "ptq4dm = the fp32 sampler's states at NDTC steps (mu = sigma = 0.4, low-noise end).",
-                "",
-                "| bits | calibration | eps rel. MSE, noised data | eps rel. MSE, sampler states | "
-                "sample deviation | Fréchet distance |",
-                "|---|---|---|---|---|---|",
-            ]
-            for key, d in summ.items():
-                for m in METHODS:
-                    lines.append(
-                        f"| {key} | {m} | " + " | ".join(_pm(d[m][k], k == "frechet") for k in ABLATION_METRICS) + " |"
-                    )
-            lines.append("")
+        lines += _ablation_md(r, args)
     lines += ["## Verdict", "", *res["verdict"], ""]
     return "\n".join(lines)
 
@@ -440,7 +465,7 @@ def _markdown(res: dict, args) -> str:
 def _verdict(res: dict) -> list[str]:
     out = []
     for name, r in res["models"].items():
-        for row in r["timing"]:
+        for row in r.get("timing", []):
             e, c = row["fp32 eager"], row["fp32 compiled"]
             for v in [k for k in row if k.startswith("int8")]:
                 slow = " (int8 SLOWER than fp32 eager)" if row[v] > e else ""
@@ -449,8 +474,8 @@ def _verdict(res: dict) -> list[str]:
                     f"- {name}, batch {row['batch']}: {v} {e / row[v]:.2f}x fp32 eager, {c / row[v]:.2f}x "
                     f"fp32 compiled{slow}"
                 )
-        fd0 = r["frechet"]["fp32 eager"]
-        for v, err in r["eps_error"].items():
+        fd0 = r.get("frechet", {}).get("fp32 eager", float("nan"))
+        for v, err in r.get("eps_error", {}).items():
             ok = "meets" if _mean(err) <= 0.05 else "MISSES"
             out.append(
                 f"- {name}: {v} eps rel. MSE mean {_mean(err):.2e} (max {_max(err):.2e}), {ok} the 5% target "
@@ -488,8 +513,10 @@ def main(argv: list[str] | None = None) -> int:
         help="models whose per-layer sensitivity picks the layers kept in float32",
     )
     p.add_argument("--keep-float", nargs="*", default=None, help="layers kept float32 (skips the sensitivity)")
+    p.add_argument("--n-sens", type=int, default=128, help="held-out images for the sensitivity (x 10 times)")
     p.add_argument("--budget", type=float, default=0.02, help="summed worst-t eps error left to the int8 layers")
     p.add_argument("--ablation", nargs="*", default=["unet"], choices=["mlp", "unet"])
+    p.add_argument("--bits", nargs="+", default=list(ABLATION_BITS), help="ablation bit widths, e.g. W8A8 W8A6")
     p.add_argument("--seeds", type=int, default=3, help="calibration seeds in the ablation")
     p.add_argument(
         "--n-ablation", type=int, default=256, help="samples per ablation variant (the first of the FD noise)"
@@ -568,7 +595,7 @@ def _plot(res: dict, file) -> None:
         (n, k)
         for n, r in res["models"].items()
         for k in ("speed", "eps", "ablation")
-        if k != "ablation" or r.get("ablation")
+        if (k == "ablation" and r.get("ablation")) or (k != "ablation" and "timing" in r)
     ]
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False)
     for ax, (name, kind) in zip(axes[0], panels):
