@@ -1,15 +1,19 @@
-"""Int8 post-training quantization on CPU: speed, size and quality of real int8 kernels against float32, and the
-calibration ablation (naive one-t vs uniform-over-steps vs PTQ4DM's normally distributed time steps).
+"""Int8 post-training quantization on CPU: speed, size and quality of real int8 kernels against float32, per-layer
+sensitivity (which layers to keep float32), and the calibration ablation (naive one-t vs noised training data vs
+uniform-over-steps vs PTQ4DM's normally distributed time steps).
 
 Two models: a wide residual MLP (hidden 512, 4 blocks) trained briefly on flattened 8x8 digits, and the bundled
-class-conditional digits U-Net (``configs/digits.yaml``, cached by ``bench.solvers``). For each: wall time of one
-10-step DDIM sampling run at several batch sizes for fp32 eager, fp32 ``torch.compile``, int8 PT2E (X86 Inductor,
-static activations calibrated with PTQ4DM) and, for the MLP, int8 torchao (dynamic activations); ratios against
-fp32 eager and fp32 compiled; model size; eps relative MSE per t against fp32; Fréchet distance (digit-classifier
-features) of 10-step samples. The ablation quantizes with each calibration at W8A8 and W4A8 and reports the eps
-error averaged over t (reference int8 arithmetic, un-compiled: the same integers, without the kernel timing).
+class-conditional digits U-Net (``configs/digits.yaml``, cached by ``bench.solvers``). For each: the per-layer
+sensitivity and the layers it keeps float32 (``choose_keep_float``); wall time of one 10-step DDIM sampling run at
+batch sizes 64-4096 for fp32 eager, fp32 ``torch.compile``, int8 PT2E (X86 Inductor, static activations calibrated
+with PTQ4DM, those layers float32) and, for the MLP, int8 torchao (dynamic activations); ratios against fp32 eager
+and fp32 compiled, with the machine load per row; model size; eps relative MSE per t against fp32; Fréchet distance
+(digit-classifier features) of 10-step samples; observer and weight-scale settings. The ablation quantizes with
+each calibration set (same size, quantizer and seeds) at ``--bits`` over ``--seeds`` seeds (reference int8
+arithmetic, un-compiled: the same integers, without the kernel timing).
 
-``python -m bench.quantize`` (or ``diffusio bench quantize``); ``--quick`` for a smoke run.
+``python -m bench.quantize`` (or ``diffusio bench quantize``); ``--quick`` for a smoke run; ``--parts`` and
+``--merge`` to run the parts apart on a loaded machine.
 """
 
 from __future__ import annotations
