@@ -9,7 +9,17 @@ import warnings
 import pytest
 import torch
 
-from diffusio.compress import CalibrationSet, calibration_set, load_quantized, ndtc_indices, quantize, save_quantized
+from diffusio.compress import (
+    CalibrationSet,
+    calibration_set,
+    choose_keep_float,
+    eps_error_per_t,
+    layer_sensitivity,
+    load_quantized,
+    ndtc_indices,
+    quantize,
+    save_quantized,
+)
 from diffusio.compress import int8 as qmod
 from diffusio.core.paths import LinearVP
 from diffusio.core.timesteps import get_timesteps
@@ -170,3 +180,88 @@ def test_clear_errors(model, monkeypatch):
         q = quantize(model, 16, backend="auto", shape=(2,), compile=False, progress=False)
     assert q.backend == "fp32" and any("stays float32" in str(x.message) for x in w)
     assert _rel_err(model, q) == 0.0
+
+
+def test_data_calibration_noises_training_images_at_grid_times(model):
+    """``data``: x = alpha(t) x0 + sigma(t) eps at the sampler's grid times; with x0 = 0 the spread at each t is
+    exactly sigma(t)."""
+    steps, n = 5, 20_000
+    cal = calibration_set(model, (2,), n, "data", steps=steps, data=torch.zeros(7, 2),
+                          generator=torch.Generator().manual_seed(0))  # fmt: skip
+    grid = get_timesteps(model.path, steps, SOLVERS["ddim"].default_grid)[:-1]
+    assert set(torch.unique(cal.t).tolist()) == set(grid.tolist()) and cal.method == "data"
+    for t in grid:
+        x = cal.x[cal.t == t]
+        assert abs(float(x.std()) / float(model.path.sigma(t)) - 1) < 0.05
+    with pytest.raises(ValueError, match="data=training images"):
+        calibration_set(model, (2,), 16, "data", data=torch.zeros(7, 3))
+
+
+def _small_unet_model(seed=0) -> Model:
+    from diffusio.core.paths import EDM
+    from diffusio.models import EDMPrecond
+    from diffusio.nets.unet import UNet
+
+    torch.manual_seed(seed)
+    net = UNet(channels=(8, 16), num_res_blocks=1, time_dim=16, num_classes=3).eval()
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if p.ndim > 1 and not name.startswith("cond.label"):
+                p.normal_(0, 1.5 / math.sqrt(p[0].numel()))  # weights of unit gain (zero-initialised layers too)
+    return Model(net, EDM(), "x0", precond=EDMPrecond(0.6))
+
+
+def test_unet_mixed_precision_error_bound_and_kept_layers_stay_float():
+    """A U-Net with the stem kept float32: the eps error against fp32 is below 5% (rel. MSE) at every t of its own
+    sampler states (calibrated on other draws of them), the kept layer's weights stay float and every other
+    convolution is int8."""
+    m = _small_unet_model()
+    y = {"y": torch.arange(48) % 3}
+    cal = calibration_set(m, (1, 8, 8), 48, "uniform", steps=4, cond=y, generator=torch.Generator().manual_seed(0))
+    ev = calibration_set(m, (1, 8, 8), 48, "uniform", steps=4, cond=y, generator=torch.Generator().manual_seed(1))
+    q = quantize(m, cal, backend="pt2e", keep_float=["conv_in"], compile=False, progress=False)
+    err = eps_error_per_t(m, q, ev)
+    assert len(err) == 4 and max(err.values()) < 0.05, err
+    tensors = qmod._module_tensors(q)[0]
+    assert not any("conv_in" in k and v.dtype == torch.int8 for k, v in tensors.items())
+    assert sum(v.dtype == torch.int8 and v.ndim == 4 for v in tensors.values()) >= 8  # the other convolutions
+    with pytest.raises(ValueError, match="keep_float entry 'conv_inn'"):
+        quantize(m, cal, backend="pt2e", keep_float=["conv_inn"], compile=False, progress=False)
+    with pytest.raises(ValueError, match="observer"):
+        quantize(m, cal, backend="pt2e", observer="percentile", compile=False, progress=False)
+
+
+def test_keep_float_and_observer_survive_save_load(tmp_path, model):
+    first = next(n for n, mod in model.net.named_modules() if isinstance(mod, torch.nn.Linear))
+    q = quantize(model, CalibrationSet(*_inputs(64, 0)), backend="pt2e", keep_float=[first], observer="minmax",
+                 compile=False, progress=False)  # fmt: skip
+    back = load_quantized(save_quantized(q, tmp_path / "k.safetensors"), _mlp_model(seed=4), compile=False)
+    assert back.keep_float == (first,) and back.observer == "minmax"
+    x, t = _inputs(32, 7)
+    with torch.no_grad():
+        assert torch.equal(back.eps(x, t), q.eps(x, t))
+
+
+def test_layer_sensitivity_isolates_one_layer(model):
+    """Quantizing one layer alone: only the named layer changes the output (a float layer gives exactly zero
+    error); the ranking picks the fewest layers that fit the budget."""
+    cal, ev = CalibrationSet(*_inputs(128, 0)), CalibrationSet(*_inputs(64, 5))
+    names = [n for n, mod in model.net.named_modules() if isinstance(mod, torch.nn.Linear)][-3:]
+    sens = layer_sensitivity(model, cal, ev, layers=[*names, "out.0"], progress=False)  # out.0: a LayerNorm
+    assert all(v == 0.0 for v in sens.pop("out.0").values())  # nothing quantized: the float network exactly
+    assert list(sens) == names and all(len(e) == 64 for e in sens.values())
+    assert all(0 < v < 0.05 for e in sens.values() for v in e.values())
+    worst = sorted(sens, key=lambda n: -max(sens[n].values()))
+    total = sum(max(e.values()) for e in sens.values())
+    assert choose_keep_float(sens, total * 1.01) == []
+    assert choose_keep_float(sens, total - max(sens[worst[0]].values()) + 1e-12) == [worst[0]]
+    with pytest.raises(ValueError, match="not module names"):
+        layer_sensitivity(model, cal, ev, layers=["nope"], progress=False)
+
+
+def test_torchao_keep_float_leaves_the_layer_in_float(model):
+    first = next(n for n, mod in model.net.named_modules() if isinstance(mod, torch.nn.Linear))
+    q = quantize(model, 16, backend="torchao", shape=(2,), keep_float=[first], compile=False, progress=False)
+    assert type(q.module.get_submodule(first).weight) in (torch.Tensor, torch.nn.Parameter)
+    others = [mod for n, mod in q.module.named_modules() if isinstance(mod, torch.nn.Linear) and n != first]
+    assert others and all(type(mod.weight) not in (torch.Tensor, torch.nn.Parameter) for mod in others)

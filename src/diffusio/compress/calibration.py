@@ -5,6 +5,9 @@ Three ways to choose them (``CALIBRATIONS``):
 
 - ``naive``: every input at one time (default the first sampling step, pure prior noise): the baseline that
   ignores how activations drift with t.
+- ``data``: training images noised to times drawn uniformly from the sampler's grid, ``x = alpha x0 + sigma eps``
+  (the usual PTQ recipe carried over from classifiers; PTQ4DM's Sec. 4.1 argues it mismatches what the sampler
+  feeds the network). Needs ``data``.
 - ``uniform``: inputs kept at every step of the sampler, uniformly over the steps (Li et al. 2023,
   "Q-Diffusion", Sec. 4.2: time step-aware calibration on intermediate samples).
 - ``ptq4dm``: Normally Distributed Time-step Calibration (Shang et al. 2023, "Post-training Quantization on
@@ -28,7 +31,7 @@ from diffusio.models.base import ModelBase, ModelWrapper
 
 __all__ = ["CALIBRATIONS", "CalibrationSet", "calibration_set", "ndtc_indices"]
 
-CALIBRATIONS = ("naive", "uniform", "ptq4dm")
+CALIBRATIONS = ("naive", "data", "uniform", "ptq4dm")
 
 
 @dataclass
@@ -97,12 +100,14 @@ def calibration_set(
     sigma: float = 0.4,
     t: float | None = None,
     cond: dict | None = None,
+    data: Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> CalibrationSet:
     """Draw ``n`` calibration inputs of per-sample ``shape`` from ``model``'s own ``solver`` trajectories.
 
     ``cond`` (each value ``(n, ...)``) is passed to every call (e.g. class labels). ``t`` (naive only) picks the
-    single time; default the path's ``t_max``. See the module docstring for the three methods.
+    single time; default the path's ``t_max``. ``data`` (``data`` only) holds training images ``(M, *shape)``, drawn
+    with replacement. See the module docstring for the methods.
     """
     from diffusio.samplers import sample
 
@@ -123,6 +128,8 @@ def calibration_set(
         else:  # the FP sampler run down to t0: the state it feeds the network there
             x = sample(model, shape=(n, *shape), solver=solver, steps=steps, t_min=t0, cond=cond, generator=generator).x
         return CalibrationSet(x, torch.full((n,), t0, dtype=torch.float64), cond, "naive")
+    if method == "data":
+        return _data_set(model, shape, n, steps, solver, cond, data, generator)
     rec = _Recorder(model)
     sample(rec, shape=(n, *shape), solver=solver, steps=steps, cond=cond, generator=generator)
     calls = len(rec.records)  # == steps for one-call-per-step solvers
@@ -134,3 +141,21 @@ def calibration_set(
     ts = torch.stack([r[1] for r in rec.records])
     rows = torch.arange(n)
     return CalibrationSet(xs[k, rows], ts[k, rows].to(torch.float64), cond, method)
+
+
+def _data_set(model, shape, n, steps, solver, cond, data, generator) -> CalibrationSet:
+    """Training images noised by the path at times drawn uniformly from the ``solver``'s ``steps``-step grid."""
+    from diffusio.core.timesteps import get_timesteps
+    from diffusio.samplers import SOLVERS
+
+    if not torch.is_tensor(data) or tuple(data.shape[1:]) != tuple(shape) or len(data) < 1:
+        raise ValueError(
+            f"method='data' needs data=training images of shape (M, {', '.join(map(str, shape))}); "
+            f"got {getattr(data, 'shape', data)}"
+        )
+    grid = get_timesteps(model.path, steps, SOLVERS[solver].default_grid)[:-1]  # the times the network is called at
+    x0 = data[torch.randint(len(data), (n,), generator=generator)].to(torch.get_default_dtype())
+    t = grid[torch.randint(len(grid), (n,), generator=generator)].to(torch.float64)
+    noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype)
+    x = model.path.perturb(x0.double(), noise.double(), t).to(x0.dtype)
+    return CalibrationSet(x, t, cond, "data")

@@ -14,6 +14,13 @@ Two backends (``BACKENDS``):
 ``backend="auto"`` takes ``pt2e`` if it can run here, else ``torchao``, else keeps the network in float32 and
 says so with a warning (and ``QuantizedModel.backend == "fp32"``); naming an unavailable backend is an error.
 Lower bit widths (``bits`` / ``weight_bits`` < 8) restrict the integer range of the same int8 kernels.
+
+Mixed precision: ``keep_float`` names layers (module names, or module types) that stay float32 while the rest runs
+in int8, the usual remedy for the few layers whose inputs carry information below one activation step (Nagel et
+al. 2021, "A White Paper on Neural Network Quantization", Sec. 4.6: per-layer sensitivity analysis). On a diffusion
+U-Net these are the stem and the first block after it: at low noise the network must read a noise component of size
+``sigma`` riding on the image, and a per-tensor 8-bit activation step (range / 255) over the whole range of
+``t`` is larger than that. :func:`diffusio.compress.layer_sensitivity` measures each layer's share of the error.
 What is not implemented from PTQ4DM: block-wise reconstruction (AdaRound/BRECQ); scales come from observers.
 """
 
@@ -25,6 +32,7 @@ import os
 import platform
 import shutil
 import warnings
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -36,6 +44,7 @@ from diffusio.models.base import Model, ModelBase, ModelWrapper
 __all__ = [
     "BACKENDS",
     "GRANULARITIES",
+    "OBSERVERS",
     "QuantizedModel",
     "backend_status",
     "load_quantized",
@@ -45,6 +54,7 @@ __all__ = [
 
 BACKENDS = ("auto", "pt2e", "torchao", "fp32")
 GRANULARITIES = ("per_channel", "per_tensor")
+OBSERVERS = ("histogram", "minmax")
 FORMAT = "diffusio-quantized-1"
 _QOPS = ("quantize_per_tensor",)
 
@@ -105,15 +115,18 @@ def _check_backend(backend: str) -> str:
 class QuantizedModel(ModelWrapper):
     """A quantized network seen as a Model: ``predict`` runs the int8 module in place of the float network.
 
-    ``backend``, ``method`` (calibration), ``bits``, ``weight_bits``, ``granularity`` describe it; ``module`` is
+    ``backend``, ``method`` (calibration), ``bits``, ``weight_bits``, ``granularity``, ``observer`` and
+    ``keep_float`` (the module names left in float32) describe it; ``module`` is
     the quantized network before ``torch.compile`` (what :func:`save_quantized` writes), ``info`` a few facts
     (calibration size, quantized layer count). Inputs must carry the condition keys it was built with.
     """
 
     def __init__(self, inner: Model, module: nn.Module, *, backend: str, method: str, bits: int, weight_bits: int,
-                 granularity: str, input_spec: dict, info: dict):  # fmt: skip
+                 granularity: str, input_spec: dict, info: dict, observer: str = "histogram",
+                 keep_float: tuple[str, ...] = ()):  # fmt: skip
         super().__init__(inner)
         self.module = module
+        self.observer, self.keep_float = observer, tuple(keep_float)
         self.backend, self.method, self.bits, self.weight_bits = backend, method, bits, weight_bits
         self.granularity, self.input_spec, self.info = granularity, input_spec, info
 
@@ -131,7 +144,10 @@ class QuantizedModel(ModelWrapper):
         return sum(v.numel() * v.element_size() for v in _module_tensors(self)[0].values())
 
     def extra_repr(self) -> str:
-        return f"backend={self.backend!r}, method={self.method!r}, bits={self.bits}, weight_bits={self.weight_bits}"
+        return (
+            f"backend={self.backend!r}, method={self.method!r}, bits={self.bits}, weight_bits={self.weight_bits}, "
+            f"keep_float={self.keep_float}"
+        )
 
 
 # --- the public entry point -------------------------------------------------------------------------------------
@@ -145,7 +161,10 @@ def quantize(
     shape: tuple[int, ...] | None = None,
     weight_bits: int | None = None,
     granularity: str = "per_channel",
+    observer: str = "histogram",
+    keep_float: Sequence[str | type] = (),
     cond: dict | None = None,
+    data: Tensor | None = None,
     steps: int = 20,
     batch_size: int = 256,
     compile: bool = True,
@@ -155,11 +174,14 @@ def quantize(
     """Quantize ``model``'s network to int8 and return it as a Model.
 
     ``calibration``: a :class:`CalibrationSet`, or the number of inputs to draw with ``method`` (``naive``,
-    ``uniform`` or ``ptq4dm``; see :mod:`diffusio.compress.calibration`) from ``steps``-step DDIM runs of the float
-    model on per-sample ``shape`` with condition ``cond`` (values with that many rows). ``bits`` (2-8) sets the
-    activation and weight integer ranges, ``weight_bits`` overrides the weights'; ``granularity`` is
-    ``per_channel`` or ``per_tensor`` weight scales. ``compile=False`` keeps the quantized module un-compiled
-    (reference int8 arithmetic, slow; for tests).
+    ``data``, ``uniform`` or ``ptq4dm``; see :mod:`diffusio.compress.calibration`) from ``steps``-step DDIM runs of
+    the float model on per-sample ``shape`` with condition ``cond`` (values with that many rows; ``data``: training
+    images for ``method="data"``). ``bits`` (2-8) sets the activation and weight integer ranges, ``weight_bits``
+    overrides the weights'; ``granularity`` is ``per_channel`` or ``per_tensor`` symmetric weight scales;
+    ``observer`` fits the static activation ranges (``histogram``: the range minimising the L2 quantization error
+    of the observed values; ``minmax``: the observed extremes). ``keep_float``: module names of the network (e.g.
+    ``"conv_in"``, ``"enc.0.blocks.0.conv1"``) or module types whose layers stay float32. ``compile=False`` keeps
+    the quantized module un-compiled (reference int8 arithmetic, slow; for tests).
     """
     if not isinstance(model, Model) or not isinstance(model.net, nn.Module):
         raise TypeError(f"quantize needs a diffusio Model wrapping an nn.Module network; got {type(model).__name__}")
@@ -169,6 +191,9 @@ def quantize(
             raise ValueError(f"{name} must be an integer in [2, 8] (int8 kernels), got {b!r}")
     if granularity not in GRANULARITIES:
         raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
+    if observer not in OBSERVERS:
+        raise ValueError(f"observer must be one of {OBSERVERS}, got {observer!r}")
+    keep = _resolve_keep(model.net, keep_float)
     if method not in CALIBRATIONS:
         raise ValueError(f"unknown calibration method {method!r}; valid: {', '.join(CALIBRATIONS)}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -184,7 +209,9 @@ def quantize(
             raise ValueError(
                 "pass shape=(per-sample shape, e.g. (1, 8, 8)) to draw a calibration set, or a CalibrationSet"
             )
-        calib = calibration_set(model, tuple(shape), calibration, method, steps=steps, cond=cond, generator=generator)
+        calib = calibration_set(
+            model, tuple(shape), calibration, method, steps=steps, cond=cond, data=data, generator=generator
+        )
     _check_calibration(model, calib)
     args, kwargs = _net_inputs(model, calib)
     spec = {
@@ -192,17 +219,42 @@ def quantize(
         "cond_keys": sorted(kwargs),
         "kwargs": {k: _spec(v) for k, v in kwargs.items()},
     }
-    common = {"method": method, "bits": bits, "weight_bits": weight_bits, "granularity": granularity}
+    common = {"method": method, "bits": bits, "weight_bits": weight_bits, "granularity": granularity,
+              "observer": observer, "keep_float": keep}  # fmt: skip
     if backend == "fp32":
         module, info = copy.deepcopy(model.net).eval(), {"note": "float32: no int8 backend available"}
     elif backend == "torchao":
-        module, info = _torchao(model.net, granularity), {"note": "dynamic activation scales: calibration unused"}
+        module, info = _torchao(model.net, granularity, keep), {"note": "dynamic activation scales: calibration unused"}
     else:
-        module, info = _pt2e(model, calib, args, kwargs, bits, weight_bits, granularity, batch_size, progress)
+        qz = _quantizer(bits, weight_bits, granularity, observer, keep)
+        module, info = _pt2e(model, calib, args, kwargs, qz, batch_size, progress)
     info = {**info, "calibration_size": len(calib)}
     run = _compiled(module, backend) if compile and backend != "fp32" else module
     inner = Model(run, model.path, model.prediction, model.precond)
     return QuantizedModel(inner, module, backend=backend, input_spec=spec, info=info, **common)
+
+
+def _resolve_keep(net: nn.Module, keep_float) -> tuple[str, ...]:
+    """``keep_float`` (module names or types) as the sorted module names it selects; unknown names are an error."""
+    if isinstance(keep_float, str | type):
+        keep_float = (keep_float,)
+    names = dict(net.named_modules())
+    out = set()
+    for k in keep_float:
+        if isinstance(k, type) and issubclass(k, nn.Module):
+            out |= {n for n, m in names.items() if isinstance(m, k) and n}
+        elif isinstance(k, str) and k in names and k:
+            out.add(k)
+        else:
+            layers = [n for n, m in names.items() if isinstance(m, _QUANTIZABLE)][:8]
+            raise ValueError(
+                f"keep_float entry {k!r} is not a module name of this network nor an nn.Module type; module names "
+                f"look like {layers} (see net.named_modules())"
+            )
+    return tuple(sorted(out))
+
+
+_QUANTIZABLE = (nn.Conv2d, nn.Linear)
 
 
 def _check_calibration(model: Model, calib: CalibrationSet) -> None:
@@ -279,18 +331,24 @@ def _torchao_config(granularity: str):
     return Int8DynamicActivationInt8WeightConfig(granularity=PerRow() if granularity == "per_channel" else PerTensor())
 
 
-def _torchao(net: nn.Module, granularity: str) -> nn.Module:
+def _torchao(net: nn.Module, granularity: str, keep: tuple[str, ...] = ()) -> nn.Module:
     from torchao.quantization import quantize_
 
     if not any(isinstance(m, nn.Linear) for m in net.modules()):
         raise ValueError("the torchao backend quantizes nn.Linear layers and this network has none; use backend='pt2e'")
     q = copy.deepcopy(net).eval()
-    quantize_(q, _torchao_config(granularity))
+
+    def wanted(mod, fqn: str) -> bool:
+        return isinstance(mod, nn.Linear) and not any(fqn == k or fqn.startswith(k + ".") for k in keep)
+
+    quantize_(q, _torchao_config(granularity), filter_fn=wanted)
     return q
 
 
 # --- PT2E: static int8 through export + the X86 Inductor quantizer -----------------------------------------------
-def _quantizer(bits: int, weight_bits: int, granularity: str):
+def _quantizer(bits: int, weight_bits: int, granularity: str, observer: str = "histogram", keep_float=(), only=None):
+    """The X86 Inductor quantizer: uint8 per-tensor activations (``observer``), int8 symmetric weights; modules in
+    ``keep_float`` stay float; with ``only`` (a module name) only that module is quantized (sensitivity analysis)."""
     from torchao.quantization.pt2e import HistogramObserver, MinMaxObserver, PerChannelMinMaxObserver
     from torchao.quantization.pt2e.quantizer import QuantizationSpec
     from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import X86InductorQuantizer
@@ -302,7 +360,7 @@ def _quantizer(bits: int, weight_bits: int, granularity: str):
     eps = {"eps": 2**-12}
     act = QuantizationSpec(
         dtype=torch.uint8, quant_min=0, quant_max=2**bits - 1, qscheme=torch.per_tensor_affine, is_dynamic=False,
-        observer_or_fake_quant_ctr=HistogramObserver.with_args(**eps),
+        observer_or_fake_quant_ctr=(HistogramObserver if observer == "histogram" else MinMaxObserver).with_args(**eps),
     )  # fmt: skip
     half = 2 ** (weight_bits - 1)
     per_channel = granularity == "per_channel"
@@ -313,7 +371,12 @@ def _quantizer(bits: int, weight_bits: int, granularity: str):
         observer_or_fake_quant_ctr=(PerChannelMinMaxObserver if per_channel else MinMaxObserver).with_args(**eps),
     )  # fmt: skip
     config = type(base)(act, act, weight, base.bias, base.is_qat)
-    return X86InductorQuantizer().set_global(config)
+    q = X86InductorQuantizer()
+    if only is not None:
+        return q.set_module_name_qconfig(only, config)
+    for k in keep_float:
+        q.set_module_name_qconfig(k, None)
+    return q.set_global(config)
 
 
 def _export(net: nn.Module, args: tuple, kwargs: dict):
@@ -333,12 +396,12 @@ def _forward_params(net: nn.Module):
     return inspect.signature(net.forward).parameters
 
 
-def _prepared(net, args, kwargs, bits, weight_bits, granularity):
+def _prepared(net, args, kwargs, quantizer):
     from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return prepare_pt2e(_export(net, args, kwargs), _quantizer(bits, weight_bits, granularity))
+        return prepare_pt2e(_export(net, args, kwargs), quantizer)
 
 
 def _convert(prepared):
@@ -349,10 +412,10 @@ def _convert(prepared):
         return convert_pt2e(prepared)
 
 
-def _pt2e(model: Model, calib, args, kwargs, bits, weight_bits, granularity, batch_size, progress):
+def _pt2e(model: Model, calib, args, kwargs, quantizer, batch_size, progress):
     from tqdm.auto import tqdm
 
-    prepared = _prepared(model.net, args, kwargs, bits, weight_bits, granularity)
+    prepared = _prepared(model.net, args, kwargs, quantizer)
     observing = Model(prepared, model.path, model.prediction, model.precond)
     n_batches = -(-len(calib) // batch_size)
     with torch.no_grad():
@@ -424,6 +487,8 @@ def save_quantized(qm: QuantizedModel, file: str | os.PathLike) -> os.PathLike:
         "bits": qm.bits,
         "weight_bits": qm.weight_bits,
         "granularity": qm.granularity,
+        "observer": qm.observer,
+        "keep_float": list(qm.keep_float),
         "input_spec": qm.input_spec,
         "info": qm.info,
         **extra,
@@ -441,22 +506,24 @@ def load_quantized(file: str | os.PathLike, model: Model, *, compile: bool = Tru
     if backend != "fp32":
         _check_backend(backend)
     bits, wbits, gran, spec = meta["bits"], meta["weight_bits"], meta["granularity"], meta["input_spec"]
+    observer, keep = meta.get("observer", "histogram"), _resolve_keep(model.net, meta.get("keep_float", []))
     if backend == "pt2e":
         args = tuple(_example(s, 2) for s in spec["args"])
         kwargs = {k: _example(s, 2) for k, s in spec["kwargs"].items()}
-        prepared = _prepared(model.net, args, kwargs, bits, wbits, gran)
+        prepared = _prepared(model.net, args, kwargs, _quantizer(bits, wbits, gran, observer, keep))
         with torch.no_grad():
             prepared(*args, **kwargs)
         module = _convert(prepared)
         _restore_pt2e(module, tensors, meta["activation_qparams"], file)
     elif backend == "torchao":
-        module = _restore_torchao(model.net, tensors, gran, file)
+        module = _restore_torchao(model.net, tensors, gran, file, keep)
     else:
         module = copy.deepcopy(model.net).eval()
         _load_exact(module, {k[2:]: v for k, v in tensors.items()}, file)
     run = _compiled(module, backend) if compile and backend != "fp32" else module
     inner = Model(run, model.path, model.prediction, model.precond)
-    common = {"method": meta["method"], "bits": bits, "weight_bits": wbits, "granularity": gran}
+    common = {"method": meta["method"], "bits": bits, "weight_bits": wbits, "granularity": gran,
+              "observer": observer, "keep_float": keep}  # fmt: skip
     return QuantizedModel(inner, module, backend=backend, input_spec=spec, info=meta["info"], **common)
 
 
@@ -488,8 +555,8 @@ def _restore_pt2e(module, tensors: dict, qparams: dict, file) -> None:
     module.recompile()
 
 
-def _restore_torchao(net: nn.Module, tensors: dict, granularity: str, file) -> nn.Module:
-    module = _torchao(net, granularity)
+def _restore_torchao(net: nn.Module, tensors: dict, granularity: str, file, keep=()) -> nn.Module:
+    module = _torchao(net, granularity, keep)
     state = module.state_dict()
     for name, p in state.items():
         if f"p/{name}" in tensors:
