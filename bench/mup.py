@@ -110,19 +110,38 @@ def coord_check(kind: str, steps: int) -> dict:
     return out
 
 
-def lr_sweep(kind: str, steps: int, widths: tuple[int, ...]) -> dict:
-    out = {}
-    bar = tqdm(total=2 * len(widths) * len(LOG2_LRS), desc=f"lr sweep ({kind})", dynamic_ncols=True)
-    for mup in (False, True):
-        key = "mup" if mup else "sp"
-        out[key] = {}
-        for w in widths:
-            out[key][w] = {}
-            for k in LOG2_LRS:
-                out[key][w][k] = _run(kind, w, mup, 2.0**k, steps)[0]
+def _sweep_run(task: tuple) -> float:
+    torch.set_num_threads(1)
+    kind, width, mup, log2_lr, steps = task
+    return _run(kind, width, mup, 2.0**log2_lr, steps)[0]
+
+
+def lr_sweeps(steps: int, widths: tuple[int, ...], jobs: int) -> dict:
+    """Held-out loss per (net, parametrization, width, log2 lr); ``jobs`` worker processes share the runs."""
+    tasks = [(kind, w, mup, k, steps) for w in sorted(widths, reverse=True) for kind in NETS for mup in (False, True)
+             for k in LOG2_LRS]  # fmt: skip
+    bar = tqdm(total=len(tasks), desc="lr sweeps", dynamic_ncols=True)
+    if jobs == 1:
+        losses = []
+        for task in tasks:
+            losses.append(_sweep_run(task))
+            bar.update(1)
+    else:
+        from concurrent.futures import ProcessPoolExecutor
+        from multiprocessing import get_context
+
+        with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as ex:
+            losses = []
+            for loss in ex.map(_sweep_run, tasks):
+                losses.append(loss)
                 bar.update(1)
-            print(kind, key, w, out[key][w], flush=True)
     bar.close()
+    out = {kind: {"sp": {w: {} for w in widths}, "mup": {w: {} for w in widths}} for kind in NETS}
+    for (kind, w, mup, k, _), loss in zip(tasks, losses):
+        out[kind]["mup" if mup else "sp"][w][k] = loss
+    for kind in NETS:  # the grid in increasing lr, whatever order the runs finished in
+        for key in ("sp", "mup"):
+            out[kind][key] = {w: dict(sorted(out[kind][key][w].items())) for w in widths}
     return out
 
 
@@ -266,6 +285,7 @@ def main(argv=None) -> int:
     ap.add_argument("--dit-depth", type=int, default=4)
     ap.add_argument("--dit-variants", default=DIT_VARIANTS,
                     help="comma-separated patch:log2_lr DiTs against the U-Net; the first is the headline")  # fmt: skip
+    ap.add_argument("--jobs", type=int, default=1, help="worker processes for the LR sweeps")
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
     global LOG2_LRS
@@ -281,7 +301,7 @@ def main(argv=None) -> int:
     if any(len(v) != 2 or v[0] not in (1, 2, 4, 8) for v in variants) or a.dit_width % 16:
         ap.error("--dit-variants needs patch:log2_lr pairs with patch in 1, 2, 4, 8; --dit-width a multiple of 16")
     LOG2_LRS = tuple(range(lo, hi + 1))
-    for k in ("coord_steps", "sweep_steps", "train_steps", "dit_depth"):
+    for k in ("coord_steps", "sweep_steps", "train_steps", "dit_depth", "jobs"):
         if getattr(a, k) < 1:
             ap.error(f"--{k.replace('_', '-')} must be >= 1")
     t0 = time.perf_counter()
@@ -289,12 +309,12 @@ def main(argv=None) -> int:
                "sweep_widths": list(sweep_widths), "log2_lrs": list(LOG2_LRS), "dit_width": a.dit_width,
                "dit_depth": a.dit_depth}  # fmt: skip
     payload["quality"] = quality(a.train_steps, variants, a.dit_width, a.dit_depth)
+    sweeps = lr_sweeps(a.sweep_steps, sweep_widths, a.jobs)
     for kind in NETS:
-        payload[kind] = {"coord_check": coord_check(kind, a.coord_steps),
-                         "lr_sweep": lr_sweep(kind, a.sweep_steps, sweep_widths)}  # fmt: skip
+        payload[kind] = {"coord_check": coord_check(kind, a.coord_steps), "lr_sweep": sweeps[kind]}
     payload["budget"] = (f"coordinate check {a.coord_steps} steps x {len(WIDTHS)} widths x 2 parametrizations; LR "
                          f"sweep {a.sweep_steps} steps x {len(LOG2_LRS)} lrs x {len(sweep_widths)} widths x 2, per "
-                         f"net; {a.train_steps} training steps per digits model; "
+                         f"net ({a.jobs} processes); {a.train_steps} training steps per digits model; "
                          f"{time.perf_counter() - t0:.0f} s wall (2 shared cores)")  # fmt: skip
     out = results_dir(a.out)
     write_results(out, "mup", payload, _markdown(payload))
