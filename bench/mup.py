@@ -10,7 +10,7 @@
    count; the DiT at the U-Net's learning rate (2e-3 ~ 2^-9) and at the higher ones muP's sweep prefers:
    Fréchet distance of the metric classifier's features.
 
-Run from the repository root: ``diffusio bench mup [--sweep-steps 80 --train-steps 600]`` -> bench/results/mup.*
+Run from the repository root: ``diffusio bench mup [--sweep-steps 60 --train-steps 600 --jobs 3]`` -> bench/results/mup.*
 """
 
 from __future__ import annotations
@@ -279,10 +279,10 @@ def _markdown(p: dict) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="diffusio bench mup", description=__doc__.split("\n\n")[0])
     ap.add_argument("--coord-steps", type=int, default=5)
-    ap.add_argument("--sweep-steps", type=int, default=80)
+    ap.add_argument("--sweep-steps", type=int, default=60)
     ap.add_argument("--train-steps", type=int, default=600)
-    ap.add_argument("--sweep-widths", default="32,64,128,256", help="comma-separated widths of the LR sweep")
-    ap.add_argument("--log2-lrs", default="-12,-5", help="lowest,highest log2 lr (step 1), e.g. --log2-lrs=-12,-5")
+    ap.add_argument("--sweep-widths", default="32,64,128", help="comma-separated widths of the LR sweep")
+    ap.add_argument("--log2-lrs", default="-10,-5", help="lowest,highest log2 lr (step 1), e.g. --log2-lrs=-12,-5")
     ap.add_argument("--dit-width", type=int, default=80, help="width of the DiT compared with the U-Net")
     ap.add_argument("--dit-depth", type=int, default=4)
     ap.add_argument("--dit-variants", default=DIT_VARIANTS,
