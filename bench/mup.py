@@ -10,7 +10,7 @@
    count; the DiT at the U-Net's learning rate (2e-3 ~ 2^-9) and at the higher ones muP's sweep prefers:
    Fréchet distance of the metric classifier's features.
 
-Run from the repository root: ``diffusio bench mup [--sweep-steps 60 --train-steps 600 --jobs 3]`` -> bench/results/mup.*
+Run from the repository root: ``diffusio bench mup [--sweep-steps 60 --jobs 3]`` -> bench/results/mup.*
 """
 
 from __future__ import annotations
