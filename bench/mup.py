@@ -41,7 +41,7 @@ COORD_LR = 2**-7
 BASE = {"head_dim": 16, "depth": 2, "base_width": 32, "num_classes": 10}
 MLP_BASE = {"depth": 3, "base_hidden": 32}
 NETS = ("dit", "mlp")
-DIT_VARIANTS = "2:-9,2:-6,2:-5"  # patch:log2 lr; the U-Net trains at 2e-3 ~ 2^-9
+DIT_VARIANTS = "2:-9,2:-6,2:-5,2:-4,1:-5"  # patch:log2 lr; the U-Net trains at 2e-3 ~ 2^-9
 
 
 def _digits():
