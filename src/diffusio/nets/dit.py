@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from diffusio.nets.layers import ConditionEmbedding, FourierTimeEmbedding, check_batch
+from diffusio.nets.muparam import MuPMixin, mup_readout, set_mup_base_shapes
 
 __all__ = ["DiT"]
 
@@ -68,7 +69,7 @@ class Block(nn.Module):
         return x + g2[:, None] * self.fc2(F.gelu(self.fc1(_modulate(self.norm2(x), sh2, sc2)), approximate="tanh"))
 
 
-class DiT(nn.Module):
+class DiT(MuPMixin, nn.Module):
     """``DiT(...)(x (B, C, H, W), t (B,), y (B,) | None) -> (B, out_channels, H, W)``; zero output at init.
 
     ``width`` must be a multiple of ``head_dim``; ``image_size`` a multiple of ``patch``. With ``mup`` the base shapes
@@ -112,15 +113,13 @@ class DiT(nn.Module):
         nn.init.zeros_(self.ada_out.bias)
         n_out = patch * patch * self.out_channels
         if mup:
-            from mup import MuReadout
-
-            self.readout = MuReadout(width, n_out, readout_zero_init=True, output_mult=output_mult)
+            self.readout = mup_readout(width, n_out, output_mult)
         else:
             self.readout = nn.Linear(width, n_out)
             nn.init.zeros_(self.readout.weight)
             nn.init.zeros_(self.readout.bias)
         if mup and not _shapes_only:
-            self._set_base_shapes()
+            set_mup_base_shapes(self, lambda w: DiT(width=w, _shapes_only=True, **self._args), base_width)
 
     @staticmethod
     def _check(in_channels, image_size, patch, width, depth, head_dim, mlp_ratio, base_width, output_mult) -> None:
@@ -136,22 +135,6 @@ class DiT(nn.Module):
             raise ValueError(f"DiT image_size ({image_size}) must be a multiple of patch ({patch})")
         if not (mlp_ratio > 0 and math.isfinite(output_mult) and output_mult > 0):
             raise ValueError(f"DiT mlp_ratio and output_mult must be > 0; got {mlp_ratio}, {output_mult}")
-
-    def _set_base_shapes(self) -> None:
-        from mup import set_base_shapes
-
-        with torch.device("meta"):
-            base = DiT(width=self.base_width, _shapes_only=True, **self._args)
-            delta = DiT(width=2 * self.base_width, _shapes_only=True, **self._args)
-        set_base_shapes(self, base, delta=delta)
-
-    def make_optimizer(self, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
-        """``mup.MuAdamW`` under muP (hidden matrices at ``lr / width_mult``), else ``torch.optim.AdamW``."""
-        if self.mup:
-            from mup import MuAdamW
-
-            return MuAdamW(self.parameters(), lr=lr, weight_decay=weight_decay)
-        return torch.optim.AdamW(self.parameters(), lr=lr, weight_decay=weight_decay)
 
     def patchify(self, x: Tensor) -> Tensor:
         """``(B, C, H, W) -> (B, N, C p p)`` with N = (H/p)(W/p), row-major patches."""

@@ -1,10 +1,19 @@
-"""A residual MLP for vector data (2-D toys, flattened features) with FiLM time/class conditioning."""
+"""A residual MLP for vector data (2-D toys, flattened features) with FiLM time/class conditioning.
+
+``MLP(..., mup=True)`` is muP (Yang et al. 2021, "Tensor Programs V", Table 3 for Adam) in width ``hidden``: the
+input layer and the FiLM layers (fixed fan-in: data and time features) are input weights, the residual blocks'
+``hidden x hidden`` matrices hidden weights (``lr / width_mult`` under ``mup.MuAdamW``), the readout a ``MuReadout``
+(zero init, forward multiplier ``output_mult / width_mult``); see :mod:`diffusio.nets.muparam`.
+"""
 
 from __future__ import annotations
+
+import math
 
 from torch import Tensor, nn
 
 from diffusio.nets.layers import ConditionEmbedding, FourierTimeEmbedding, check_batch, zero_module
+from diffusio.nets.muparam import MuPMixin, mup_readout, set_mup_base_shapes
 
 __all__ = ["MLP", "FlattenNet", "FlowMapMLP"]
 
@@ -23,11 +32,13 @@ class _ResidualBlock(nn.Module):
         return h + self.net(self.norm(h) * (1 + scale) + shift)
 
 
-class MLP(nn.Module):
+class MLP(MuPMixin, nn.Module):
     """``MLP(dim, ...)(x (B, dim), t (B,), y (B,) | None) -> (B, out_dim or dim)``; zero output at init.
 
     With ``num_classes`` set, label ``num_classes`` (or ``y=None``) is the null class for classifier-free
-    guidance.
+    guidance. ``hidden`` is the width; with ``mup`` the learning rate and ``output_mult`` tuned at ``base_hidden``
+    carry over to every width (:meth:`make_optimizer` returns ``mup.MuAdamW``). At ``hidden == base_hidden`` the
+    muP network is the standard one.
     """
 
     def __init__(
@@ -38,16 +49,34 @@ class MLP(nn.Module):
         time_dim: int = 64,
         num_classes: int | None = None,
         out_dim: int | None = None,
+        mup: bool = False,
+        base_hidden: int = 64,
+        output_mult: float = 1.0,
+        _shapes_only: bool = False,
     ):
         super().__init__()
         if dim < 1 or hidden < 1 or depth < 0:
             raise ValueError(f"need dim >= 1, hidden >= 1, depth >= 0; got dim={dim}, hidden={hidden}, depth={depth}")
+        if isinstance(base_hidden, bool) or not isinstance(base_hidden, int) or base_hidden < 1:
+            raise ValueError(
+                f"MLP base_hidden must be an integer >= 1 (the width muP is tuned at); got {base_hidden!r}"
+            )
+        if not (math.isfinite(output_mult) and output_mult > 0):
+            raise ValueError(f"MLP output_mult must be finite and > 0; got {output_mult!r}")
         self.dim, self.out_dim, self.num_classes = dim, out_dim or dim, num_classes
+        self.mup, self.base_hidden = bool(mup), base_hidden
         self.cond = ConditionEmbedding(time_dim, num_classes)
         self.cond_act = nn.SiLU()
         self.inp = nn.Linear(dim, hidden)
         self.blocks = nn.ModuleList(_ResidualBlock(hidden, time_dim) for _ in range(depth))
-        self.out = nn.Sequential(nn.LayerNorm(hidden), nn.SiLU(), zero_module(nn.Linear(hidden, self.out_dim)))
+        readout = (
+            mup_readout(hidden, self.out_dim, output_mult) if mup else zero_module(nn.Linear(hidden, self.out_dim))
+        )
+        self.out = nn.Sequential(nn.LayerNorm(hidden), nn.SiLU(), zero_module(readout))
+        if mup and not _shapes_only:
+            args = dict(dim=dim, depth=depth, time_dim=time_dim, num_classes=num_classes, out_dim=out_dim, mup=True,
+                        base_hidden=base_hidden, output_mult=output_mult, _shapes_only=True)  # fmt: skip
+            set_mup_base_shapes(self, lambda w: MLP(hidden=w, **args), base_hidden)
 
     def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         """Output ``(B, out_dim)`` for inputs ``x`` ``(B, dim)``, times ``t`` ``(B,)``, labels ``y`` ``(B,)``."""
