@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from bench.common import results_dir, write_results
-from bench.peers import import_deepinv
+from bench.peers import DeepinvDenoiser, import_deepinv
 from diffusio.core.paths import LinearVP
 from diffusio.data import GaussianMixture
 from diffusio.inverse import GaussianBlur, Inpainting, MatrixOperator, SuperResolution, gmm_posterior, solve
@@ -85,24 +85,10 @@ def _exact_row(name, xs, log_w, post, nfe, seconds, opts=None) -> dict:
 
 
 # --- 2. images -------------------------------------------------------------------------------------------------------
-class _DeepinvDenoiser(torch.nn.Module):
-    """Our model as deepinv's denoiser D(x, sigma) on [0, 1] images: x_ours = 2x - 1 has noise level 2 sigma."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model, self.calls = model, 0
-
-    def forward(self, x, sigma, *args, **kwargs):
-        self.calls += 1
-        path = self.model.path
-        s = (2 * torch.as_tensor(sigma, dtype=torch.float64, device=x.device)).flatten().clamp(min=1e-4)
-        t = path.t_of_noise_level(s.expand(x.shape[0]) if s.numel() == 1 else s).clamp(path.t_lo, path.t_hi)
-        a = path.alpha(t).to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
-        return (self.model.predict((2 * x - 1) * a, t, "x0") + 1) / 2
 
 
 def _deepinv_run(dinv, name: str, model, op, y: torch.Tensor, noise_std: float, steps: int, seed: int):
-    den = _DeepinvDenoiser(model)
+    den = DeepinvDenoiser(model, clamp="domain")
     physics = dinv.physics.LinearPhysics(
         A=lambda v, **k: op(v), A_adjoint=lambda v, **k: op.adjoint(v),
         noise_model=dinv.physics.GaussianNoise(sigma=noise_std / 2), max_iter=50, tol=1e-6,

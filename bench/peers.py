@@ -15,6 +15,8 @@ import importlib.machinery
 import sys
 import types
 
+import torch
+
 __all__ = ["ensure_torchvision", "import_deepinv", "load_diffusers", "load_k_diffusion_sampling"]
 
 
@@ -110,3 +112,24 @@ def load_diffusers():
         return importlib.import_module("diffusers")
     except ImportError:
         return None
+
+
+class DeepinvDenoiser(torch.nn.Module):
+    """A diffusio model as deepinv's denoiser ``D(x, sigma)`` on [0, 1] images: x_ours = 2 x - 1 has noise level
+    2 sigma. ``clamp="sampling"`` keeps t in the path's sampling range ``[t_min, t_max]``, ``"domain"`` in its whole
+    domain ``[t_lo, t_hi]``. ``calls`` counts the calls."""
+
+    def __init__(self, model, clamp: str = "domain"):
+        super().__init__()
+        if clamp not in ("sampling", "domain"):
+            raise ValueError(f"clamp must be 'sampling' or 'domain', got {clamp!r}")
+        self.model, self.clamp, self.calls = model, clamp, 0
+
+    def forward(self, x, sigma, *args, **kwargs):
+        self.calls += 1
+        path = self.model.path
+        lo, hi = (path.t_min, path.t_max) if self.clamp == "sampling" else (path.t_lo, path.t_hi)
+        s = (2 * torch.as_tensor(sigma, dtype=torch.float64, device=x.device)).flatten().clamp(min=1e-4)
+        t = path.t_of_noise_level(s.expand(x.shape[0]) if s.numel() == 1 else s).clamp(lo, hi)
+        a = path.alpha(t).to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
+        return (self.model.predict((2 * x - 1) * a, t, "x0") + 1) / 2

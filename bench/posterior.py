@@ -24,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 from bench.common import results_dir, write_results
-from bench.peers import import_deepinv
+from bench.peers import DeepinvDenoiser, import_deepinv
 from diffusio.core.paths import EDM, LinearVP
 from diffusio.data import GaussianMixture
 from diffusio.inverse import Inpainting, MatrixOperator, gmm_posterior, solve
@@ -114,22 +114,6 @@ def run_diffusio(method: str, model, operator, y, n: int, opts: dict, seed: int)
     return r.x, None, r.nfe
 
 
-class _DeepinvDenoiser(torch.nn.Module):
-    """The exact denoiser as deepinv's D(x, sigma) on [0, 1] images: x_ours = 2 x - 1 at noise level 2 sigma."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model, self.calls = model, 0
-
-    def forward(self, x, sigma, *args, **kwargs):
-        self.calls += 1
-        path = self.model.path
-        s = (2 * torch.as_tensor(sigma, dtype=F64, device=x.device)).flatten().clamp(min=1e-4)
-        t = path.t_of_noise_level(s.expand(x.shape[0]) if s.numel() == 1 else s).clamp(path.t_min, path.t_max)
-        a = path.alpha(t).to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
-        return (self.model.predict((2 * x - 1) * a, t, "x0") + 1) / 2
-
-
 def _svd(A: torch.Tensor):
     u, s, vh = torch.linalg.svd(A, full_matrices=True)
     return u, s, vh
@@ -138,7 +122,7 @@ def _svd(A: torch.Tensor):
 def run_deepinv(dinv, name: str, model, operator, A, y, n: int, sigma_y: float, steps: int, seed: int):
     """deepinv on the same prior and operator in its [0, 1] convention: x01 = (x + 1) / 2, sigma01 = sigma_y / 2."""
     dtype = torch.float32
-    den = _DeepinvDenoiser(model)
+    den = DeepinvDenoiser(model, clamp="sampling")
     A32 = A.to(dtype)
     u, s, vh = _svd(A32)
     m = A.shape[0]

@@ -5,6 +5,7 @@ schedules epsilon(t) of the SDE family (Thm. 2.21). Paper time: t = 0 is rho_0, 
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -18,14 +19,16 @@ _F64 = torch.float64
 
 
 # --- coefficients: values with value(t) and deriv(t) -----------------------------------------------------------
-class Coefficient:
+class Coefficient(ABC):
     """A scalar function of time: ``value(t)`` and ``deriv(t)`` elementwise on a tensor ``t``."""
 
+    @abstractmethod
     def value(self, t: Tensor) -> Tensor:
-        raise NotImplementedError
+        """The coefficient at ``t``."""
 
+    @abstractmethod
     def deriv(self, t: Tensor) -> Tensor:
-        raise NotImplementedError
+        """Its time derivative at ``t``."""
 
 
 @dataclass(frozen=True)
